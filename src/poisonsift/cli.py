@@ -1,0 +1,226 @@
+"""The ``poisonsift`` command line.
+
+Every command prints a short human summary; with ``--json`` it prints exactly
+one JSON object on stdout instead (progress bars go to stderr). Rates are
+fractions in [0, 1]. Bad input ends with one ``error: ...`` line and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from poisonsift.errors import ConfigError, PoisonsiftError
+
+__all__ = ["main", "build_parser"]
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj))
+    else:
+        print(human)
+
+
+def _color(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--color must be three integers like 245,255,0, got {text!r}") from None
+    if len(parts) != 3:
+        raise ConfigError(f"--color must be three integers like 245,255,0, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from poisonsift.data import prepare
+
+    t = time.perf_counter()
+    d = prepare(args.source, args.out, roi_crop=args.roi_crop)
+    obj = {
+        "out": str(args.out),
+        "n_train": int(len(d.y_train)),
+        "n_test": int(len(d.y_test)),
+        "num_classes": d.num_classes,
+        "seconds": time.perf_counter() - t,
+    }
+    _emit(args, obj, f"wrote {args.out}: {obj['n_train']} train / {obj['n_test']} test images, "
+          f"{d.num_classes} classes ({obj['seconds']:.1f} s)")  # fmt: skip
+
+
+def build_attack(args: argparse.Namespace, data=None, device=None):
+    """The attack object described by ``poison``'s flags."""
+    from poisonsift.attacks import AmplitudeTrigger, LabelConsistent, PGDConfig, StandardBackdoor, StickerTrigger
+    from poisonsift.runs import surrogate_provider
+    from poisonsift.training import get_preset
+
+    if args.attack == "amplitude":
+        trigger = AmplitudeTrigger(amp=args.amp, size=args.size)
+    else:
+        trigger = StickerTrigger(size=args.size, color=_color(args.color))
+    if args.attack == "standard":
+        return StandardBackdoor(p=args.p, source_class=args.source_class, target_class=args.target_class, trigger=trigger)
+    pgd = PGDConfig(eps=args.eps, norm=args.norm)
+    surrogate = None
+    if data is not None:
+        if args.surrogate:
+            from poisonsift.training import load_checkpoint
+
+            def surrogate():
+                return load_checkpoint(args.surrogate, device)
+        else:
+            cfg = get_preset(args.surrogate_preset, epochs=args.surrogate_epochs, seed=args.seed)
+            surrogate = surrogate_provider(data, cfg, device)
+    return LabelConsistent(
+        p=args.p, target_class=args.target_class, trigger=trigger, pgd=pgd, surrogate=surrogate,
+        device=str(device or "cpu"),
+    )  # fmt: skip
+
+
+def cmd_poison(args: argparse.Namespace) -> None:
+    from poisonsift.data import resolve_data
+    from poisonsift.runs import poison_run
+    from poisonsift.utils import default_device
+
+    data = resolve_data(args.data)
+    attack = build_attack(args, data, default_device())
+    s = poison_run(data, attack, args.out, seed=args.seed)
+    _emit(args, {**s, "out": str(args.out)},
+          f"{args.attack}: {s['n_poisoned']} poisoned images, {s['poison_share']:.1%} of target class "
+          f"{attack.target_class} ({s['target_class_size']} images) -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from poisonsift.runs import train_run
+    from poisonsift.training import get_preset
+
+    cfg = get_preset(args.preset, epochs=args.epochs, seed=args.seed)
+    s = train_run(args.run, cfg)
+    obj = {k: v for k, v in s.items() if k not in ("history", "config")}
+    _emit(args, obj, f"trained {s['epochs_run']} epochs in {s['seconds']:.0f} s on {s['device']} "
+          f"(best epoch {s['best_epoch']}, val acc {s['val_acc']:.3f}) -> {Path(args.run) / 'model.pt'}")  # fmt: skip
+
+
+def _metrics_line(m: dict[str, Any]) -> str:
+    line = f"clean accuracy {m['clean_accuracy']:.4f}  ASR {m['asr']:.4f}"
+    if "masr" in m:
+        line += f"  MASR {m['masr']:.4f}"
+    return line
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from poisonsift.runs import evaluate_run
+
+    m = evaluate_run(args.run)
+    _emit(args, m, _metrics_line(m))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from poisonsift.attacks import StandardBackdoor
+    from poisonsift.data import resolve_data
+    from poisonsift.runs import evaluate_run, poison_run, train_run
+    from poisonsift.training import get_preset
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    say = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    say("[1/4] data")
+    data = resolve_data(args.data, allow_download=True)
+    say(f"[2/4] standard attack: 3x3 sticker, speed limit 50 -> 80, p = {args.p}")
+    attack = StandardBackdoor(p=args.p)
+    s = poison_run(data, attack, out, seed=args.seed)
+    say(f"      {s['n_poisoned']} poisoned images ({s['poison_share']:.1%} of the target class)")
+    say(f"[3/4] training SmallInception ({args.epochs} epochs, cpu preset)")
+    t = train_run(out, get_preset("cpu", epochs=args.epochs, seed=args.seed))
+    say("[4/4] evaluating")
+    m = evaluate_run(out)
+    obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"],
+           "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
+    _emit(args, obj, f"{_metrics_line(m)}  ({obj['seconds']:.0f} s in all; artefacts in {out})")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="poisonsift", description="Find backdoor-poisoned samples in image training sets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_json(sp):
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+
+    d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")
+    dp.add_argument("--source", required=True, help="GTSRB (official or torchvision layout) or ImageFolder tree")
+    dp.add_argument("--out", required=True, help="output .npz")
+    dp.add_argument("--roi-crop", action="store_true", help="crop GTSRB images to their ROI before resizing")
+    add_json(dp)
+    dp.set_defaults(func=cmd_data_prepare)
+
+    po = sub.add_parser("poison", help="poison a data set; writes DIR/poisoned.npz and DIR/attack.json")
+    po.add_argument("--data", required=True, help="prepared .npz or a source folder")
+    po.add_argument("--attack", required=True, choices=["standard", "label-consistent", "amplitude"])
+    po.add_argument("--source-class", type=int, default=2, help="standard attack: class to relabel (default 2)")
+    po.add_argument("--target-class", type=int, default=5, help="target class (default 5, speed limit 80)")
+    po.add_argument("--size", type=int, default=3, help="sticker side in pixels (default 3)")
+    po.add_argument("--p", type=float, default=0.33, help="poisoned share of the target class (default 0.33)")
+    po.add_argument("--amp", type=int, default=255, help="amplitude attack: trigger amplitude (default 255)")
+    po.add_argument("--color", default="245,255,0", help="sticker colour R,G,B (default 245,255,0)")
+    po.add_argument("--eps", type=float, default=16 / 255, help="PGD ball radius on the [0,1] scale (default 16/255)")
+    po.add_argument("--norm", choices=["linf", "l2"], default="linf", help="PGD ball (default linf)")
+    po.add_argument("--surrogate", help="label-consistent: checkpoint of the surrogate (default: train one, cached)")
+    po.add_argument("--surrogate-preset", default="cpu", choices=["cpu", "paper"])
+    po.add_argument("--surrogate-epochs", type=int, default=None)
+    po.add_argument("--seed", type=int, default=0)
+    po.add_argument("--out", required=True, help="run directory")
+    add_json(po)
+    po.set_defaults(func=cmd_poison)
+
+    tr = sub.add_parser("train", help="train SmallInception on DIR/poisoned.npz")
+    tr.add_argument("--run", required=True, help="run directory made by `poisonsift poison`")
+    tr.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    tr.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
+    tr.add_argument("--seed", type=int, default=0)
+    add_json(tr)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="clean accuracy and attack success rate of DIR/model.pt")
+    ev.add_argument("--run", required=True)
+    add_json(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    de = sub.add_parser("demo", help="prepare data -> standard attack -> train -> evaluate")
+    de.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB, the cache, or a download)")
+    de.add_argument("--out", default="runs/demo")
+    de.add_argument("--p", type=float, default=0.33)
+    de.add_argument("--epochs", type=int, default=2, help="training epochs (default 2: a few minutes on a laptop CPU)")
+    de.add_argument("--seed", type=int, default=0)
+    add_json(de)
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PoisonsiftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished artefacts are kept, re-run the step to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Run directories: the artefacts of one poison -> train -> evaluate pipeline.
+
+A run directory holds
+
+* ``poisoned.npz`` - ``x_train``, ``y_train``, ``poison_mask``, ``source_index``
+  (-1 for clean rows), ``x_test``, ``y_test``, ``classes``, ``group_train``;
+* ``attack.json`` - the full attack config (:meth:`Attack.config`) and seed;
+* ``model.pt`` / ``train.json`` - the trained classifier and its history;
+* ``metrics.json`` - clean accuracy, ASR (and per-class ASR / MASR).
+
+Every file is written atomically, so an interrupted run never leaves a
+half-written artefact, and each step can be re-run on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from poisonsift.attacks import Attack, LabelConsistent, PoisonedData, attack_from_config
+from poisonsift.data import ImageData
+from poisonsift.errors import DataError
+from poisonsift.metrics import attack_success_rate, clean_accuracy, mean_asr, per_class_asr
+from poisonsift.training import (
+    Normalizer,
+    TrainConfig,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train,
+)
+from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, default_device
+
+__all__ = [
+    "save_poisoned",
+    "load_poisoned",
+    "poison_run",
+    "train_run",
+    "evaluate_run",
+    "surrogate_provider",
+    "read_json",
+]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the step that writes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_poisoned(pd: PoisonedData, path: str | os.PathLike) -> None:
+    """Write a :class:`PoisonedData` as ``poisoned.npz`` (atomically)."""
+    atomic_write_npz(
+        path,
+        x_train=pd.x_train,
+        y_train=pd.y_train,
+        poison_mask=pd.poison_mask,
+        source_index=pd.source_index,
+        x_test=pd.x_test,
+        y_test=pd.y_test,
+        classes=np.asarray(pd.classes, dtype=str),
+        group_train=pd.group_train,
+    )
+
+
+def load_poisoned(path: str | os.PathLike) -> PoisonedData:
+    """Read and validate ``poisoned.npz``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no poisoned data set here; run `poisonsift poison --out {path.parent}` first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc})") from None
+    need = {"x_train", "y_train", "poison_mask", "source_index", "x_test", "y_test", "classes"}
+    if need - set(a):
+        raise DataError(f"{path}: missing arrays {sorted(need - set(a))}")
+    clean = ImageData(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]], a.get("group_train"))
+    if a["poison_mask"].shape != a["y_train"].shape or a["poison_mask"].dtype != bool:
+        raise DataError(f"{path}: poison_mask must be a bool array aligned with y_train")
+    return PoisonedData(
+        clean.x_train, clean.y_train, a["poison_mask"], a["source_index"].astype(np.int64),
+        clean.x_test, clean.y_test, clean.classes, clean.group_train,
+    )  # fmt: skip
+
+
+def _config_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def surrogate_provider(
+    data: ImageData, cfg: TrainConfig, device: torch.device | str | None = None, cache: Path | None = None
+) -> Callable[[], tuple[torch.nn.Module, Normalizer]]:
+    """A lazy ``() -> (model, normalizer)`` for the label-consistent attack's surrogate.
+
+    The surrogate is the same architecture trained on the clean data with
+    ``cfg``; it is cached under the user cache keyed by the data's content hash
+    and the training config, so it is trained once per (data, config).
+    """
+
+    def provide():
+        folder = cache or cache_dir() / "surrogates"
+        path = folder / f"surrogate-{_config_key(data.fingerprint(), cfg.to_dict())}.pt"
+        if path.is_file():
+            return load_checkpoint(path, device)
+        res = train(data.x_train, data.y_train, data.num_classes, cfg, groups=data.group_train, device=device)
+        save_checkpoint(path, res.model, res.normalizer)
+        return res.model, res.normalizer
+
+    return provide
+
+
+def poison_run(data: ImageData, attack: Attack, out: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
+    """Poison ``data`` with ``attack`` and write ``poisoned.npz`` and ``attack.json`` into ``out``.
+
+    Returns the summary: ``n_poisoned``, ``target_class_size`` (after the
+    attack) and ``poison_share`` (poisoned share of the target class).
+    """
+    out = Path(out)
+    pd = attack.poison(data, seed=seed)
+    save_poisoned(pd, out / "poisoned.npz")
+    target_size = int((pd.y_train == attack.target_class).sum())
+    summary = {
+        "n_poisoned": pd.n_poisoned,
+        "target_class_size": target_size,
+        "poison_share": pd.n_poisoned / target_size,
+    }
+    atomic_write_json(out / "attack.json", {**attack.config(), "seed": seed, **summary})
+    return summary
+
+
+def train_run(run: str | os.PathLike, cfg: TrainConfig, device=None, on_epoch=None) -> dict[str, Any]:
+    """Train on ``run/poisoned.npz``; writes ``model.pt`` and ``train.json``. Returns the train summary."""
+    run = Path(run)
+    pd = load_poisoned(run / "poisoned.npz")
+    res = train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, device=device, on_epoch=on_epoch)
+    save_checkpoint(run / "model.pt", res.model, res.normalizer)
+    last = res.history[-1]
+    summary = {
+        "epochs_run": len(res.history),
+        "best_epoch": res.best_epoch,
+        "stopped_early": res.stopped_early,
+        "seconds": res.seconds,
+        "val_loss": min(h["val_loss"] for h in res.history),
+        "val_acc": res.history[res.best_epoch - 1]["val_acc"],
+        "train_acc": last["train_acc"],
+        "device": str(device or default_device()),
+        "config": cfg.to_dict(),
+        "history": res.history,
+    }
+    atomic_write_json(run / "train.json", summary)
+    return summary
+
+
+def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
+    """Clean accuracy and ASR of ``run/model.pt``; writes ``metrics.json``.
+
+    ASR follows paper 5.1: for the standard attack, the source class's test
+    images with the trigger; for label-consistent attacks, the full-amplitude
+    trigger on every non-target test image, with per-class ASR and MASR.
+    """
+    run = Path(run)
+    pd = load_poisoned(run / "poisoned.npz")
+    cfg = read_json(run / "attack.json")
+    attack = attack_from_config(cfg)
+    model, norm = load_checkpoint(run / "model.pt", device)
+    n_out = model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device)).shape[1]
+    if n_out != len(pd.classes):
+        raise DataError(f"{run / 'model.pt'}: model has {n_out} outputs but the data has {len(pd.classes)} classes")
+    acc = clean_accuracy(predict(model, pd.x_test, norm, desc="clean test"), pd.y_test)
+    x_trig, y_true = attack.asr_images(pd, seed=cfg.get("seed", 0))
+    pred = predict(model, x_trig, norm, desc="triggered test")
+    metrics: dict[str, Any] = {
+        "attack": cfg["attack"],
+        "clean_accuracy": acc,
+        "asr": attack_success_rate(pred, attack.target_class),
+        "n_triggered": int(len(pred)),
+    }
+    if isinstance(attack, LabelConsistent):
+        pc = per_class_asr(pred, y_true, attack.target_class)
+        metrics["per_class_asr"] = {str(k): v for k, v in pc.items()}
+        metrics["masr"] = mean_asr(pc)
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def config_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

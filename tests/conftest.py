@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny data sets built by the tests, and the real GTSRB when $POISONSIFT_GTSRB is set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from poisonsift.data import ImageData
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("POISONSIFT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("POISONSIFT_QUIET", "1")
+
+
+def make_tiny_data(n_per_class: int = 24, num_classes: int = 6, n_test: int = 8, seed: int = 0) -> ImageData:
+    """Noise images whose mean colour encodes the class: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 225, size=(num_classes, 3))
+
+    def block(n):
+        y = np.repeat(np.arange(num_classes), n)
+        x = palette[y][:, None, None, :] + rng.normal(0, 12, size=(len(y), 32, 32, 3))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    x_tr, y_tr = block(n_per_class)
+    x_te, y_te = block(n_test)
+    groups = np.arange(len(y_tr)) // 4  # "tracks" of 4 frames
+    return ImageData(x_tr, y_tr, x_te, y_te, [f"c{i}" for i in range(num_classes)], groups)
+
+
+@pytest.fixture
+def tiny_data() -> ImageData:
+    return make_tiny_data()
+
+
+def write_fake_gtsrb(root: Path, num_classes: int = 3, per_track: int = 2, tracks: int = 2, n_test: int = 4) -> Path:
+    """A miniature GTSRB in the official layout (PPM files + ';' CSVs)."""
+    rng = np.random.default_rng(1)
+    train = root / "GTSRB" / "Final_Training" / "Images"
+    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+    for c in range(num_classes):
+        d = train / f"{c:05d}"
+        d.mkdir(parents=True)
+        rows = []
+        for t in range(tracks):
+            for i in range(per_track):
+                name = f"{t:05d}_{i:05d}.ppm"
+                w, h = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / name)
+                rows.append(f"{name};{w};{h};2;2;{w - 3};{h - 3};{c}\n")
+        (d / f"GT-{c:05d}.csv").write_text(header + "".join(rows))
+    test = root / "GTSRB" / "Final_Test" / "Images"
+    test.mkdir(parents=True)
+    rows = []
+    for i in range(n_test):
+        name = f"{i:05d}.ppm"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(test / name)
+        rows.append(f"{name};40;40;2;2;37;37;{i % num_classes}\n")
+    (root / "GTSRB" / "Final_Test" / "GT-final_test.csv").write_text(header + "".join(rows))
+    return root
+
+
+@pytest.fixture
+def fake_gtsrb(tmp_path) -> Path:
+    return write_fake_gtsrb(tmp_path / "gtsrb")
+
+
+@pytest.fixture(scope="session")
+def gtsrb_root() -> Path:
+    env = os.environ.get("POISONSIFT_GTSRB")
+    if not env:
+        pytest.skip("real GTSRB not available: set POISONSIFT_GTSRB to the GTSRB folder to run this test")
+    return Path(env)

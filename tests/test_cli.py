@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from poisonsift.cli import main
+from poisonsift.data import save_npz
+from poisonsift.training import save_checkpoint
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv) + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_pipeline_end_to_end(tiny_data, tmp_path, capsys):
+    data = tmp_path / "tiny.npz"
+    save_npz(tiny_data, data)
+    run = tmp_path / "run"
+    s = run_json(capsys, "poison", "--data", str(data), "--attack", "standard", "--p", "0.33", "--out", str(run))
+    assert s["n_poisoned"] == 12 and s["target_class_size"] == 36
+    assert s["poison_share"] == pytest.approx(1 / 3)
+    with np.load(run / "poisoned.npz") as z:
+        assert {"x_train", "y_train", "poison_mask", "source_index", "x_test", "y_test"} <= set(z.files)
+    assert json.loads((run / "attack.json").read_text())["trigger"]["color"] == [245, 255, 0]
+    t = run_json(capsys, "train", "--run", str(run), "--epochs", "1")
+    assert t["epochs_run"] == 1 and (run / "model.pt").is_file() and (run / "train.json").is_file()
+    m = run_json(capsys, "evaluate", "--run", str(run))
+    assert 0 <= m["clean_accuracy"] <= 1 and 0 <= m["asr"] <= 1
+    assert json.loads((run / "metrics.json").read_text()) == m
+
+
+def test_label_consistent_cli_with_given_surrogate(tiny_data, tmp_path, capsys):
+    from poisonsift.models import SmallInception
+    from poisonsift.training import Normalizer
+
+    data = tmp_path / "tiny.npz"
+    save_npz(tiny_data, data)
+    save_checkpoint(tmp_path / "s.pt", SmallInception(num_classes=6), Normalizer((0.5,) * 3, (0.25,) * 3))
+    run = tmp_path / "lc"
+    s = run_json(capsys, "poison", "--data", str(data), "--attack", "amplitude", "--amp", "64", "--p", "0.25",
+                 "--surrogate", str(tmp_path / "s.pt"), "--out", str(run))
+    assert s["n_poisoned"] == 6 and s["poison_share"] == pytest.approx(6 / 24)
+    save_checkpoint(run / "model.pt", SmallInception(num_classes=6), Normalizer((0.5,) * 3, (0.25,) * 3))
+    m = run_json(capsys, "evaluate", "--run", str(run))
+    assert set(m["per_class_asr"]) == {"0", "1", "2", "3", "4"}
+    assert m["masr"] == pytest.approx(np.mean(list(m["per_class_asr"].values())))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["poison", "--data", "/nonexistent/x.npz", "--attack", "standard", "--out", "o"], "no such file"),
+        (["train", "--run", "/nonexistent/run"], "run `poisonsift poison"),
+        (["data", "prepare", "--source", "/nonexistent", "--out", "x.npz"], "no such folder"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith("error: ")
+
+
+def test_zero_poison_cli(tiny_data, tmp_path, capsys):
+    save_npz(tiny_data, tmp_path / "d.npz")
+    rc = main(["poison", "--data", str(tmp_path / "d.npz"), "--attack", "standard", "--p", "0.01", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "yields 0 poisoned samples" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_cli(tiny_data, tmp_path, capsys):
+    save_npz(tiny_data, tmp_path / "d.npz")
+    run = tmp_path / "r"
+    assert main(["poison", "--data", str(tmp_path / "d.npz"), "--attack", "standard", "--out", str(run)]) == 0
+    (run / "model.pt").write_bytes(b"\x00" * 10)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
