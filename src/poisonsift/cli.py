@@ -123,6 +123,35 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _emit(args, m, _metrics_line(m))
 
 
+def _class_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--class must be a class index or 'auto', got {text!r}") from None
+
+
+def _detection_row(d: dict[str, Any]) -> str:
+    return (f"{d['method']:<9} {d['n']:>6} {d['n_poisoned_true']:>6} {d['n_flagged']:>6} "
+            f"{d['acc']:>6.4f} {d['tpr']:>6.4f} {d['tnr']:>6.4f} {d['auroc']:>6.4f} {sum(d['seconds'].values()):>8.1f}")
+
+
+DETECTION_HEADER = f"{'method':<9} {'n':>6} {'poison':>6} {'flagged':>6} {'ACC':>6} {'TPR':>6} {'TNR':>6} {'AUROC':>6} {'seconds':>8}"
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from poisonsift.runs import detect_run
+
+    d = detect_run(args.run, args.method, cls=args.cls, layer=args.layer, engine=args.engine, seed=args.seed,
+                   subset=args.subset, rule=args.rule)  # fmt: skip
+    human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
+    if "ranking" in d:
+        top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
+        human = f"most suspicious classes (silhouette): {top}\n" + human
+    _emit(args, d, human)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from poisonsift.attacks import StandardBackdoor
     from poisonsift.data import resolve_data
@@ -140,11 +169,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     say(f"      {s['n_poisoned']} poisoned images ({s['poison_share']:.1%} of the target class)")
     say(f"[3/4] training SmallInception ({args.epochs} epochs, cpu preset)")
     t = train_run(out, get_preset("cpu", epochs=args.epochs, seed=args.seed))
-    say("[4/4] evaluating")
+    say("[4/5] evaluating")
     m = evaluate_run(out)
-    obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"],
+    say(f"      {_metrics_line(m)}")
+    say(f"[5/5] detection on the target class: AC, and HC (pot engine) on a random subset of {args.hc_subset}")
+    from poisonsift.runs import detect_run
+
+    dets = [detect_run(out, "ac", seed=args.seed),
+            detect_run(out, "hc", seed=args.seed, subset=args.hc_subset)]  # fmt: skip
+    obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets,
            "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
-    _emit(args, obj, f"{_metrics_line(m)}  ({obj['seconds']:.0f} s in all; artefacts in {out})")
+    table = "\n".join([DETECTION_HEADER, *(_detection_row(d) for d in dets)])
+    _emit(args, obj, f"{_metrics_line(m)}\n{table}\n({obj['seconds']:.0f} s in all; artefacts in {out})")
 
 
 # --------------------------------------------------------------------------- parser
@@ -197,11 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(ev)
     ev.set_defaults(func=cmd_evaluate)
 
+    dt = sub.add_parser("detect", help="split one class of a run into clean and poisoned; writes DIR/detection-METHOD.json")
+    dt.add_argument("--run", required=True, help="run directory with poisoned.npz and model.pt")
+    dt.add_argument("--method", required=True, choices=["raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc"])
+    dt.add_argument("--class", dest="cls", type=_class_arg, default=None,
+                    help="class index or 'auto' (suspicious-class search); default: the attack's target class")
+    dt.add_argument("--layer", default=None, help="hidden layer for ac/spectral (default relu_fc2, the 128-d layer)")
+    dt.add_argument("--engine", default="pot", choices=["pot"], help="GW engine for hc")
+    dt.add_argument("--subset", type=int, default=None, help="hc: cluster a seeded random subset of this size")
+    dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
+                    help="which cluster is poisoned (default: the smaller)")
+    dt.add_argument("--seed", type=int, default=0)
+    add_json(dt)
+    dt.set_defaults(func=cmd_detect)
+
     de = sub.add_parser("demo", help="prepare data -> standard attack -> train -> evaluate")
     de.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB, the cache, or a download)")
     de.add_argument("--out", default="runs/demo")
     de.add_argument("--p", type=float, default=0.33)
     de.add_argument("--epochs", type=int, default=2, help="training epochs (default 2: a few minutes on a laptop CPU)")
+    de.add_argument("--hc-subset", type=int, default=60, help="images HC clusters with the slow pot engine (default 60)")
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)

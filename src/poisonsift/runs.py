@@ -14,7 +14,6 @@ half-written artefact, and each step can be re-run on its own.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -46,6 +45,7 @@ __all__ = [
     "evaluate_run",
     "surrogate_provider",
     "read_json",
+    "detect_run",
 ]
 
 
@@ -195,5 +195,66 @@ def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
     return metrics
 
 
-def config_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+def detect_run(
+    run: str | os.PathLike,
+    method: str,
+    cls: int | str | None = None,
+    layer: str | None = None,
+    engine: str = "pot",
+    seed: int = 0,
+    subset: int | None = None,
+    rule: str = "smaller",
+    device=None,
+) -> dict[str, Any]:
+    """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``; writes ``detection-METHOD.json``.
+
+    ``cls``: a class index, ``"auto"`` (the top of :func:`~poisonsift.defences.rank_classes`),
+    or None (the attack's target class from ``attack.json``). Metrics are
+    computed against ``poison_mask`` on the rows of that class.
+    """
+    from poisonsift.defences import build_defence, rank_classes
+    from poisonsift.metrics import detection_metrics
+
+    run = Path(run)
+    pd = load_poisoned(run / "poisoned.npz")
+    model, norm = load_checkpoint(run / "model.pt", device)
+    out: dict[str, Any] = {"method": method}
+    ranking = None
+    if cls == "auto":
+        ranking = rank_classes(model, pd.x_train, pd.y_train, norm, seed=seed)
+        cls = ranking[0]["class"]
+    elif cls is None:
+        cls = int(read_json(run / "attack.json")["target_class"])
+    cls = int(cls)
+    if not 0 <= cls < len(pd.classes):
+        raise DataError(f"class {cls} does not exist (classes 0..{len(pd.classes) - 1})")
+    rows = np.flatnonzero(pd.y_train == cls)
+    if len(rows) < 2:
+        raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
+    defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule)
+    res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
+    truth = pd.poison_mask[rows]
+    considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
+    m = detection_metrics(truth[considered], res.is_poisoned[considered], res.scores[considered])
+    out.update(
+        {
+            "class": cls,
+            "n": int(considered.sum()),
+            "n_class": int(len(rows)),
+            "n_poisoned_true": int(truth[considered].sum()),
+            "n_flagged": int(res.is_poisoned[considered].sum()),
+            **{k: m[k] for k in ("acc", "tpr", "tnr", "precision", "f1", "auroc")},
+            "cluster_sizes": res.cluster_sizes,
+            "suspicious": res.suspicious,
+            "seconds": res.seconds,
+            "seed": seed,
+        }
+    )
+    if method in ("hc", "ac-hc"):
+        out["engine"] = engine
+    if subset is not None:
+        out["subset"] = subset
+    if ranking is not None:
+        out["ranking"] = ranking
+    atomic_write_json(run / f"detection-{method}.json", out)
+    return out

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from poisonsift.defences import (
+    ACConfig,
+    ActivationClustering,
+    ClusterRule,
+    HCConfig,
+    HeatmapClustering,
+    RawClustering,
+    RawConfig,
+    SpectralConfig,
+    SpectralSignatures,
+    build_defence,
+    rank_classes,
+)
+from poisonsift.errors import ConfigError, DataError
+from poisonsift.gw import GWKMeansConfig
+from poisonsift.metrics import detection_metrics
+
+
+class Probe(nn.Module):
+    """Any user model: a fixed random projection ('feat') and a linear head."""
+
+    def __init__(self, k=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.flat = nn.Flatten()
+        self.feat = nn.Linear(3 * 32 * 32, 32)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(32, k)
+
+    def forward(self, x):
+        return self.head(self.act(self.feat(self.flat(x))))
+
+
+def poisoned_class(n_clean=30, n_poison=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.normal(100, 20, (n_clean + n_poison, 32, 32, 3)), 0, 255).astype(np.uint8)
+    x[n_clean:, 8:20, 8:20] = (245, 255, 0)  # a big trigger so every representation sees it
+    truth = np.zeros(len(x), dtype=bool)
+    truth[n_clean:] = True
+    return x, np.full(len(x), 5), truth
+
+
+@pytest.mark.parametrize("defence", [
+    RawClustering(RawConfig(reducer="pca")),
+    RawClustering(RawConfig(reducer="ica", n_components=2)),
+    ActivationClustering(ACConfig(layer="act")),
+])  # fmt: skip
+def test_defences_find_planted_poison(defence):
+    x, y, truth = poisoned_class()
+    res = defence.detect(Probe(), x, y)
+    m = detection_metrics(truth, res.is_poisoned, res.scores)
+    assert m["acc"] == 1.0 and m["auroc"] == 1.0
+    assert sorted(res.cluster_sizes) == [10, 30] and res.suspicious
+    assert set(res.seconds) >= {"clustering"}
+
+
+def test_same_seed_same_decisions():
+    x, y, _ = poisoned_class(seed=2)
+    a = ActivationClustering(ACConfig(layer="act", seed=4)).detect(Probe(), x, y)
+    b = ActivationClustering(ACConfig(layer="act", seed=4)).detect(Probe(), x, y)
+    assert np.array_equal(a.is_poisoned, b.is_poisoned) and np.array_equal(a.scores, b.scores)
+
+
+def test_spectral_flags_top_share():
+    x, y, truth = poisoned_class()
+    res = SpectralSignatures(SpectralConfig(layer="act", eps_hat=0.25)).detect(Probe(), x, y)
+    assert res.is_poisoned.sum() == int(np.ceil(1.5 * 0.25 * 40))
+    assert detection_metrics(truth, res.is_poisoned, res.scores)["tpr"] == 1.0
+
+
+def test_relative_size_rule_can_call_a_class_clean():
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(100, 20, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
+    x[:20, :, :16] = 0  # two equal halves
+    res = RawClustering(RawConfig(rule=ClusterRule("relative-size", size_threshold=0.35))).detect(None, x, np.zeros(40))
+    assert not res.suspicious and not res.is_poisoned.any()
+
+
+def test_hc_runs_on_any_model_and_is_deterministic():
+    x, y, truth = poisoned_class(n_clean=6, n_poison=4)
+    conv_net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(4),
+                             nn.Flatten(), nn.Linear(4 * 8 * 8, 6)).eval()  # fmt: skip
+    cfg = HCConfig(gw=GWKMeansConfig(seed=1, max_iter=2, bary_max_iter=5))
+    a = HeatmapClustering(cfg).detect(conv_net, x, y)
+    b = HeatmapClustering(cfg).detect(conv_net, x, y)
+    assert a.cluster_labels.shape == (10,) and np.isfinite(a.scores).all()
+    assert np.array_equal(a.is_poisoned, b.is_poisoned)
+    assert set(a.seconds) == {"lrp", "clouds", "clustering"}
+
+
+def test_bad_inputs():
+    x, y, _ = poisoned_class()
+    with pytest.raises(ConfigError, match="unknown method"):
+        build_defence("magic")
+    with pytest.raises(ConfigError, match="unknown layer 'nope'"):
+        ActivationClustering(ACConfig(layer="nope")).detect(Probe(), x, y)
+    with pytest.raises(DataError, match="at least 2 images"):
+        ActivationClustering(ACConfig(layer="act")).detect(Probe(), x[:1], y[:1])
+    with pytest.raises(DataError, match="model has 6 outputs"):
+        ActivationClustering(ACConfig(layer="act")).detect(Probe(), x, np.full(len(x), 9))
+
+
+def test_detection_metrics_hand_built_and_no_poison():
+    m = detection_metrics(np.array([1, 1, 0, 0, 0], bool), np.array([1, 0, 1, 0, 0], bool), np.array([.9, .2, .8, .1, .3]))
+    assert m["acc"] == 3 / 5 and m["tpr"] == 0.5 and m["tnr"] == 2 / 3
+    assert m["precision"] == 0.5 and m["f1"] == 0.5 and m["auroc"] == pytest.approx(4 / 6)
+    clean = detection_metrics(np.zeros(4, bool), np.zeros(4, bool), np.zeros(4))
+    assert clean == {**clean, "acc": 1.0, "tpr": 1.0, "tnr": 1.0, "precision": 1.0, "f1": 1.0, "auroc": 0.5}
+    false_alarm = detection_metrics(np.zeros(4, bool), np.array([1, 0, 0, 0], bool))
+    assert false_alarm["precision"] == 0.0 and false_alarm["tnr"] == 0.75
+
+
+def test_rank_classes_puts_poisoned_class_first():
+    x, y, _ = poisoned_class()
+    rng = np.random.default_rng(1)
+    x_other = np.clip(rng.normal(100, 20, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
+    ranking = rank_classes(Probe(), np.concatenate([x, x_other]), np.concatenate([y, np.full(40, 1)]), layer="act")
+    assert ranking[0]["class"] == 5 and len(ranking) == 2

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from poisonsift.errors import ConfigError, DataError
+from poisonsift.explain import activations, lrp_heatmaps, point_cloud, resolve_layer
+from poisonsift.models import SmallInception
+from poisonsift.training import Normalizer
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(ConfigError, match="valid layer names: .*relu_fc2"):
+        resolve_layer(SmallInception(), "fc9")
+
+
+def test_activations_batched_equals_whole(tiny_data):
+    m = SmallInception(num_classes=6).eval()
+    norm = Normalizer((0.5,) * 3, (0.25,) * 3)
+    a = activations(m, tiny_data.x_train[:20], "relu_fc2", norm, batch_size=7)
+    b = activations(m, tiny_data.x_train[:20], "relu_fc2", norm, batch_size=64)
+    assert a.shape == (20, 128) and np.allclose(a, b, atol=1e-5)
+
+
+def _bias_free_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16 * 16, 4, bias=False),
+    ).eval()  # fmt: skip
+
+
+def test_lrp_conserves_relevance_on_bias_free_model():
+    net = _bias_free_net()
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    heat = lrp_heatmaps(net, imgs, labels)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    target = logits[np.arange(6), labels].numpy()
+    keep = np.abs(target) > 1e-3
+    # Tolerance: zennit's stabilisers (1e-6) only; conservation within 1 % relative.
+    assert np.allclose(heat.sum((1, 2))[keep], target[keep], rtol=1e-2, atol=1e-4)
+
+
+def test_heatmap_points_at_trigger():
+    # A yellow detector: R + G - 2B, ReLU, global max-pool -> the decision rests on the sticker.
+    conv = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0
+        conv.weight[0, 1] = 1.0
+        conv.weight[0, 2] = -2.0
+    lin = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        lin.weight[:] = torch.tensor([[1.0], [-1.0]])
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), lin).eval()
+    img = np.full((1, 32, 32, 3), 120, dtype=np.uint8)
+    img[0, 14:17, 10:13] = (245, 255, 0)
+    heat = lrp_heatmaps(net, img, np.array([0]))[0]
+    r, c = np.unravel_index(np.argmax(heat), heat.shape)
+    assert 13 <= r <= 17 and 9 <= c <= 13
+    mass_near = heat[12:19, 8:15].clip(0).sum() / heat.clip(0).sum()
+    assert mass_near > 0.9
+
+
+def test_lrp_through_inception_module(tiny_data):
+    m = SmallInception(num_classes=6).eval()
+    norm = Normalizer((0.5,) * 3, (0.25,) * 3)
+    heat = lrp_heatmaps(m, tiny_data.x_train[:4], tiny_data.y_train[:4], norm)
+    assert heat.shape == (4, 32, 32) and np.isfinite(heat).all() and np.abs(heat).sum() > 0
+    # zennit restores the model: BatchNorm is still there and outputs are unchanged.
+    assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
+
+
+def test_lrp_label_beyond_outputs_is_clear():
+    with pytest.raises(DataError, match="outputs"):
+        lrp_heatmaps(_bias_free_net(), np.zeros((1, 32, 32, 3), np.uint8), np.array([9]))
+
+
+def test_point_cloud_mass_and_geometry():
+    rng = np.random.default_rng(0)
+    h = rng.random((32, 32)) ** 4
+    pc = point_cloud(h)
+    w = (h - h.min()) / (h.max() - h.min())
+    w = np.sort(w.ravel() / w.sum())[::-1]
+    n = len(pc)
+    assert w[:n].sum() > 0.99 and w[: n - 1].sum() <= 0.99  # first prefix to exceed 0.99
+    assert np.isclose(pc.p.sum(), 1) and np.all(np.diff(pc.p) <= 1e-12)
+    assert pc.C.shape == (n, n) and np.isclose(pc.C.max(), 1) and np.allclose(pc.C, pc.C.T)
+    r0, c0 = pc.coords[0]
+    assert h[r0, c0] == h.max()
+
+
+def test_point_cloud_degenerate():
+    pc = point_cloud(np.zeros((4, 4)))  # documented fallback: uniform over all pixels
+    assert len(pc) == 16 and np.allclose(pc.p, 1 / 16) and np.isfinite(pc.C).all()
+    with pytest.raises(DataError, match="constant"):
+        point_cloud(np.zeros((4, 4)), fallback="error")
+    with pytest.raises(DataError, match="NaN"):
+        point_cloud(np.full((4, 4), np.nan))
+    one = point_cloud(np.eye(4) * 0 + np.pad([[1.0]], ((0, 3), (0, 3))))
+    assert len(one) == 1 and one.C.tolist() == [[0.0]]
