@@ -121,3 +121,20 @@ def test_rank_classes_puts_poisoned_class_first():
     x_other = np.clip(rng.normal(100, 20, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
     ranking = rank_classes(Probe(), np.concatenate([x, x_other]), np.concatenate([y, np.full(40, 1)]), layer="act")
     assert ranking[0]["class"] == 5 and len(ranking) == 2
+
+
+def test_ac_matches_art_activation_defence_clustering():
+    art_ad = pytest.importorskip("art.defences.detector.poison.activation_defence",
+                                 reason="ART (adversarial-robustness-toolbox, a dev extra) not installed")
+    rng = np.random.default_rng(0)
+    # Activations of one class: a clean bulk and a shifted poisoned group, in 128-d, as a ReLU layer gives.
+    feats = np.maximum(rng.normal(0, 1, (300, 128)), 0)
+    feats[:60, :20] += rng.normal(1.5, 0.5, (60, 20))
+    ours = ActivationClustering(ACConfig(n_components=10, seed=0)).cluster(feats)
+    clusters, _ = art_ad.cluster_activations([feats], nb_clusters=2, nb_dims=10, reduce="PCA",
+                                             clustering_method="KMeans")  # fmt: skip
+    theirs = clusters[0]
+    agree = np.mean(ours.cluster_labels == theirs)
+    assert max(agree, 1 - agree) == 1.0  # same partition up to label swap
+    smaller_art = np.argmin(np.bincount(theirs))
+    assert np.array_equal(ours.is_poisoned, theirs == smaller_art)  # ART's default 'smaller' analysis

@@ -222,9 +222,13 @@ class ActivationClustering(_Base):
         _check_model_outputs(model, labels, normalizer)
         t = time.perf_counter()
         feats = activations(model, images, self.config.layer, normalizer, self.config.batch_size)
-        seconds = {"activations": time.perf_counter() - t}
+        return self.cluster(feats, {"activations": time.perf_counter() - t})
+
+    def cluster(self, features: np.ndarray, seconds: dict[str, float] | None = None) -> DetectionResult:
+        """The clustering half of AC on given (N, D) activations: PCA -> k-means++ (k = 2)."""
+        seconds = dict(seconds or {})
         t = time.perf_counter()
-        z = _reduce(feats, "pca", self.config.n_components, self.config.seed)
+        z = _reduce(features, "pca", self.config.n_components, self.config.seed)
         seconds["reduce"] = time.perf_counter() - t
         return _kmeans_split(z, self.config.seed, self.config.rule, seconds)
 
