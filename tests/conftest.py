@@ -80,3 +80,11 @@ def gtsrb_root() -> Path:
     if not env:
         pytest.skip("real GTSRB not available: set POISONSIFT_GTSRB to the GTSRB folder to run this test")
     return Path(env)
+
+
+@pytest.fixture(scope="session")
+def gtsrb_data(gtsrb_root) -> ImageData:
+    """The real GTSRB, read once per test session (about 15 s)."""
+    from poisonsift.data import prepare
+
+    return prepare(gtsrb_root)

@@ -176,3 +176,13 @@ def test_attack_config_roundtrip():
     lc = LabelConsistent(p=0.2, trigger=AmplitudeTrigger(amp=64))
     back = attack_from_config(lc.config())
     assert back.trigger == lc.trigger and back.pgd == lc.pgd and back.config()["attack"] == "amplitude"
+
+
+@pytest.mark.gtsrb
+@pytest.mark.parametrize("p, expected", [(0.33, 916), (0.15, 328), (0.10, 207), (0.05, 98), (0.02, 38)])
+def test_real_gtsrb_standard_counts(gtsrb_data, p, expected):
+    n_target = int((gtsrb_data.y_train == 5).sum())
+    assert n_target == 1860
+    pd = StandardBackdoor(p=p).poison(gtsrb_data, seed=0)
+    assert pd.n_poisoned == expected == round(p * 1860 / (1 - p))
+    assert (pd.y_train == 2).sum() == (gtsrb_data.y_train == 2).sum() - expected

@@ -75,3 +75,25 @@ def test_corrupt_checkpoint_cli(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_detect_cli_contract(tiny_data, tmp_path, capsys):
+    data = tmp_path / "tiny.npz"
+    save_npz(tiny_data, data)
+    run = tmp_path / "run"
+    assert main(["poison", "--data", str(data), "--attack", "standard", "--p", "0.33", "--out", str(run)]) == 0
+    assert main(["train", "--run", str(run), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    keys = {"method", "class", "n", "n_poisoned_true", "n_flagged", "acc", "tpr", "tnr", "precision", "f1",
+            "auroc", "cluster_sizes", "seconds"}  # fmt: skip
+    for method in ("raw-pca", "raw-ica", "ac", "spectral"):
+        d = run_json(capsys, "detect", "--run", str(run), "--method", method)
+        assert keys <= set(d) and d["class"] == 5 and d["n"] == 36 and d["n_poisoned_true"] == 12
+        assert all(0 <= d[k] <= 1 for k in ("acc", "tpr", "tnr", "precision", "f1", "auroc"))
+        assert json.loads((run / f"detection-{method}.json").read_text()) == d
+    auto = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--class", "auto")
+    assert len(auto["ranking"]) == 6 and auto["class"] == auto["ranking"][0]["class"]
+    assert main(["detect", "--run", str(run), "--method", "ac", "--layer", "nope"]) == 2
+    assert "valid layer names" in capsys.readouterr().err
+    assert main(["detect", "--run", str(run), "--method", "ac", "--class", "40"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -100,8 +100,8 @@ def test_save_is_roundtrip(tiny_data, tmp_path):
 
 
 @pytest.mark.gtsrb
-def test_real_gtsrb_counts(gtsrb_root, tmp_path):
-    d = prepare(gtsrb_root)
+def test_real_gtsrb_counts(gtsrb_data):
+    d = gtsrb_data
     assert d.x_train.shape == (39209, 32, 32, 3)
     assert d.x_test.shape == (12630, 32, 32, 3)
     assert d.num_classes == 43 and d.classes[2] == "speed limit 50" and d.classes[5] == "speed limit 80"
