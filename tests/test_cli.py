@@ -97,3 +97,14 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
     assert "valid layer names" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--class", "40"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
+    save_npz(tiny_data, tmp_path / "tiny.npz")
+    d = run_json(capsys, "demo", "--data", str(tmp_path / "tiny.npz"), "--out", str(tmp_path / "demo"),
+                 "--epochs", "1", "--hc-subset", "4")  # fmt: skip
+    assert {"clean_accuracy", "asr", "n_poisoned", "detection"} <= set(d)
+    assert [x["method"] for x in d["detection"]] == ["ac", "hc"]
+    assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 36
+    for name in ("poisoned.npz", "attack.json", "model.pt", "train.json", "metrics.json", "detection-ac.json"):
+        assert (tmp_path / "demo" / name).is_file()

@@ -138,3 +138,14 @@ def test_ac_matches_art_activation_defence_clustering():
     assert max(agree, 1 - agree) == 1.0  # same partition up to label swap
     smaller_art = np.argmin(np.bincount(theirs))
     assert np.array_equal(ours.is_poisoned, theirs == smaller_art)  # ART's default 'smaller' analysis
+
+
+def test_ac_hc_gate_skips_hc_on_a_clean_looking_class():
+    from poisonsift.defences import GateConfig, GatedHeatmapClustering
+
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(100, 20, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
+    x[:20, :, :16] = 0  # two equal halves: AC's relative-size analysis calls the class clean
+    res = GatedHeatmapClustering(GateConfig(ac=ACConfig(layer="act", rule=ClusterRule("relative-size")))).detect(
+        Probe(), x, np.full(40, 5))
+    assert not res.suspicious and "HC not run" in res.analysis["gate"] and "lrp" not in res.seconds
