@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--class", dest="cls", type=_class_arg, default=None,
                     help="class index or 'auto' (suspicious-class search); default: the attack's target class")
     dt.add_argument("--layer", default=None, help="hidden layer for ac/spectral (default relu_fc2, the 128-d layer)")
-    dt.add_argument("--engine", default="pot", choices=["pot"], help="GW engine for hc")
+    dt.add_argument("--engine", default="fast", choices=["pot", "fast"],
+                    help="GW engine for hc: fast (batched torch, default) or pot (the paper's POT loop)")
     dt.add_argument("--subset", type=int, default=None, help="hc: cluster a seeded random subset of this size")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")

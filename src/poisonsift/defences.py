@@ -275,14 +275,15 @@ class SpectralSignatures(_Base):
 class HCConfig:
     """Heatmap Clustering (paper 5.3-5.5): zennit LRP -> top-99 % point clouds -> GW k-means.
 
-    ``subset``: cluster a seeded random subset of this many images only (the
-    ``pot`` engine is slow: minutes per hundred images); the rest are not
-    labelled and get ``is_poisoned=False``, score NaN - so keep ``None`` for metrics.
+    ``engine``: ``fast`` (batched torch, :mod:`poisonsift.gw_fast`) or ``pot``
+    (the paper's pair-by-pair POT loop, the reference). ``subset``: cluster a
+    seeded random subset of this many images only (for the slow ``pot``
+    engine); the rest are not labelled and get ``is_poisoned=False``, score NaN.
     """
 
     mass: float = 0.99
     gw: GWKMeansConfig = field(default_factory=GWKMeansConfig)
-    engine: str = "pot"
+    engine: str = "fast"
     subset: int | None = None
     batch_size: int = 256
     fallback: str = "uniform"
@@ -361,7 +362,7 @@ class GatedHeatmapClustering(_Base):
 METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 
-def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "pot",
+def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
                   subset: int | None = None, rule: str = "smaller"):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)

@@ -142,12 +142,22 @@ class PointCloud:
     Attributes:
         coords: (n, 2) int (row, col) of the kept pixels, most relevant first.
         p: (n,) float64 relevance mass, sums to 1.
-        C: (n, n) float64 pairwise Euclidean distances / their maximum (0 for n = 1).
+        scale: the largest pairwise pixel distance (1.0 for a single pixel).
+        shape: (H, W) of the heatmap grid the pixels live on.
+
+    ``C`` - (n, n) pairwise Euclidean distances / ``scale`` - is computed on
+    demand, so a class of thousands of clouds does not hold thousands of n x n matrices.
     """
 
     coords: np.ndarray
     p: np.ndarray
-    C: np.ndarray
+    scale: float = 1.0
+    shape: tuple[int, int] = (32, 32)
+
+    @property
+    def C(self) -> np.ndarray:
+        diff = self.coords[:, None, :].astype(np.float64) - self.coords[None, :, :]
+        return np.sqrt((diff**2).sum(-1)) / self.scale
 
     def __len__(self) -> int:
         return len(self.p)
@@ -182,11 +192,19 @@ def point_cloud(heatmap: np.ndarray, mass: float = 0.99, fallback: str = "unifor
     keep = order[:n]
     coords = np.stack(np.unravel_index(keep, h.shape), axis=1)
     p = w[keep] / w[keep].sum()
-    diff = coords[:, None, :].astype(np.float64) - coords[None, :, :]
-    C = np.sqrt((diff**2).sum(-1))
-    if C.max() > 0:
-        C = C / C.max()
-    return PointCloud(coords, p, C)
+    return PointCloud(coords, p, _max_distance(coords), (int(h.shape[0]), int(h.shape[1])))
+
+
+def _max_distance(coords: np.ndarray) -> float:
+    # Exact blockwise scan: O(n^2) arithmetic without an n x n matrix in memory.
+    if len(coords) < 2:
+        return 1.0
+    c = coords.astype(np.float64)
+    best = 0.0
+    for s in range(0, len(c), 256):
+        d2 = ((c[s : s + 256, None, :] - c[None, :, :]) ** 2).sum(-1)
+        best = max(best, float(d2.max()))
+    return float(np.sqrt(best)) if best > 0 else 1.0
 
 
 def point_clouds(heatmaps: np.ndarray, mass: float = 0.99, fallback: str = "uniform") -> list[PointCloud]:

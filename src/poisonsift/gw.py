@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -47,46 +47,64 @@ class GWKMeansConfig:
     bary_max_iter: int = 100
     bary_tol: float = 1e-9
     seed: int = 0
+    #: k-means++ seeding: "cloud" uses the drawn clouds themselves as first centres (the paper's way,
+    #: O(n^3) cloud-to-cloud GW); "compressed" first summarises each drawn cloud by its own
+    #: ``n_support``-point GW barycenter, so every distance is cloud-to-centre. None: the engine's default.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_support < 1 or self.max_iter < 1:
             raise ConfigError("k, n_support and max_iter must be >= 1")
         if self.epsilon <= 0:
             raise ConfigError(f"epsilon must be > 0, got {self.epsilon}")
+        if self.init not in (None, "cloud", "compressed"):
+            raise ConfigError(f"init must be 'cloud' or 'compressed', got {self.init!r}")
 
 
 class GWEngine(Protocol):
-    """Computes entropic GW distances and barycenters."""
+    """Computes entropic GW distances and barycenters over a prepared set of clouds."""
 
     name: str
+    default_init: str
 
-    def distances(self, clouds: Sequence[PointCloud], centre: tuple[np.ndarray, np.ndarray], cfg: GWKMeansConfig) -> np.ndarray:
-        """(N,) entropic GW distances from every cloud to one centre (C, p)."""
+    def prepare(self, clouds: Sequence[PointCloud]) -> Any:
+        """Whatever the engine needs to hold the clouds (done once per k-means run)."""
 
-    def barycenter(self, members: Sequence[PointCloud], cfg: GWKMeansConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Entropic GW barycenter (C (m, m), p (m,)) of ``members`` with ``cfg.n_support`` points."""
+    def distances(self, clouds: Any, centre: tuple[np.ndarray, np.ndarray], cfg: GWKMeansConfig,
+                  index: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """Entropic GW distances from the prepared clouds (or those at ``index``) to one centre (C, p)."""
+
+    def barycenter(self, clouds: Any, cfg: GWKMeansConfig, seed: int,
+                   index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Entropic GW barycenter (C (m, m), p (m,)) of the clouds at ``index`` (all by default)."""
 
 
 class PotEngine:
     """Reference engine: POT, one pair at a time (float64)."""
 
     name = "pot"
+    default_init = "cloud"
 
-    def distances(self, clouds, centre, cfg):
+    def prepare(self, clouds):
+        return list(clouds)
+
+    def distances(self, clouds, centre, cfg, index=None):
         import ot
 
         Cc, pc = centre
-        out = np.empty(len(clouds))
-        for i, c in enumerate(clouds):
+        chosen = clouds if index is None else [clouds[i] for i in index]
+        out = np.empty(len(chosen))
+        for i, c in enumerate(chosen):
             out[i] = ot.gromov.entropic_gromov_wasserstein2(
                 c.C, Cc, c.p, pc, loss_fun="square_loss", epsilon=cfg.epsilon,
                 max_iter=cfg.gw_max_iter, tol=cfg.gw_tol,
             )  # fmt: skip
         return out
 
-    def barycenter(self, members, cfg, seed):
+    def barycenter(self, clouds, cfg, seed, index=None):
         import ot
 
+        members = clouds if index is None else [clouds[i] for i in index]
         m = cfg.n_support
         C = ot.gromov.entropic_gromov_barycenters(
             m, [c.C for c in members], [c.p for c in members], p=np.full(m, 1.0 / m),
@@ -96,14 +114,23 @@ class PotEngine:
         return np.asarray(C, dtype=np.float64), np.full(m, 1.0 / m)
 
 
-ENGINES: dict[str, type] = {"pot": PotEngine}
+ENGINE_NAMES = ("pot", "fast")
 
 
 def get_engine(name: str) -> GWEngine:
-    """An engine by name; unknown names are a :class:`ConfigError`."""
-    if name not in ENGINES:
-        raise ConfigError(f"unknown GW engine {name!r}; available: {sorted(ENGINES)}")
-    return ENGINES[name]()
+    """An engine by name (``pot`` or ``fast``); unknown names are a :class:`ConfigError`."""
+    if name == "pot":
+        return PotEngine()
+    if name == "fast":
+        from poisonsift.gw_fast import FastEngine
+
+        return FastEngine()
+    raise ConfigError(f"unknown GW engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
+
+
+def compress(engine: GWEngine, clouds: Any, i: int, cfg: GWKMeansConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud ``i`` summarised by ``cfg.n_support`` points: its own entropic GW barycenter."""
+    return engine.barycenter(clouds, cfg, seed, index=np.array([i]))
 
 
 @dataclass
@@ -136,17 +163,25 @@ def gw_kmeans(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | G
         raise DataError(f"GW k-means needs at least k={k} samples, got {n}")
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
+    init = cfg.init or eng.default_init
+    handle = eng.prepare(clouds)
+
+    def seed_centre(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        if init == "cloud":
+            return clouds[i].C, clouds[i].p
+        return compress(eng, handle, i, cfg, seed=cfg.seed + 1000 + j)
+
     first = int(rng.integers(n))
-    centres = [(clouds[first].C, clouds[first].p)]
+    centres = [seed_centre(first, 0)]
     dist = np.empty((n, k))
     with progress(total=k - 1, desc="GW k-means++", unit="centre") as bar:
-        dist[:, 0] = eng.distances(clouds, centres[0], cfg)
+        dist[:, 0] = eng.distances(handle, centres[0], cfg)
         for j in range(1, k):
             d2 = np.maximum(dist[:, :j].min(1), 0) ** 2
             probs = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
             nxt = int(rng.choice(n, p=probs))
-            centres.append((clouds[nxt].C, clouds[nxt].p))
-            dist[:, j] = eng.distances(clouds, centres[j], cfg)
+            centres.append(seed_centre(nxt, j))
+            dist[:, j] = eng.distances(handle, centres[j], cfg)
             bar.update(1)
     t_init = time.perf_counter() - t0
     labels = dist.argmin(1)
@@ -154,11 +189,11 @@ def gw_kmeans(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | G
     with progress(total=cfg.max_iter, desc="GW k-means", unit="it") as bar:
         for it in range(1, cfg.max_iter + 1):
             for j in range(k):
-                members = [clouds[i] for i in np.flatnonzero(labels == j)]
-                if members:  # an empty cluster keeps its centre
-                    centres[j] = eng.barycenter(members, cfg, seed=cfg.seed + it * k + j)
+                members = np.flatnonzero(labels == j)
+                if len(members):  # an empty cluster keeps its centre
+                    centres[j] = eng.barycenter(handle, cfg, seed=cfg.seed + it * k + j, index=members)
             for j in range(k):
-                dist[:, j] = eng.distances(clouds, centres[j], cfg)
+                dist[:, j] = eng.distances(handle, centres[j], cfg)
             new = dist.argmin(1)
             bar.update(1)
             if np.array_equal(new, labels):

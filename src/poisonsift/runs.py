@@ -200,7 +200,7 @@ def detect_run(
     method: str,
     cls: int | str | None = None,
     layer: str | None = None,
-    engine: str = "pot",
+    engine: str = "fast",
     seed: int = 0,
     subset: int | None = None,
     rule: str = "smaller",

@@ -1,0 +1,83 @@
+"""The fast engine against POT, the reference, on small inputs."""
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from poisonsift.explain import point_cloud
+from poisonsift.gw import GWKMeansConfig, PotEngine, gw_kmeans
+from poisonsift.gw_fast import FastEngine, GridClouds
+
+
+def clouds_from(rng, n=6, size=12, power=6):
+    return [point_cloud(rng.random((size, size)) ** power) for _ in range(n)]
+
+
+@pytest.fixture
+def clouds():
+    return clouds_from(np.random.default_rng(0))
+
+
+def test_distances_match_pot(clouds):
+    cfg = GWKMeansConfig()
+    centre = (clouds[0].C, clouds[0].p)  # a cloud-to-cloud problem, different sizes in one batch
+    ref = PotEngine().distances(clouds, centre, cfg)
+    fast = FastEngine(device="cpu", chunk=4).distances(clouds, centre, cfg)  # two chunks
+    assert np.allclose(fast, ref, rtol=1e-3, atol=0)
+    assert np.max(np.abs(fast - ref) / ref.clip(1e-12)) < 1e-6  # in practice identical to rounding
+
+
+def test_barycenter_matches_pot(clouds):
+    cfg = GWKMeansConfig(bary_max_iter=30)
+    C_ref, p_ref = PotEngine().barycenter(clouds[:4], cfg, seed=3)
+    C_fast, p_fast = FastEngine(device="cpu").barycenter(clouds[:4], cfg, seed=3)
+
+    def cost(C):
+        return sum(ot.gromov.entropic_gromov_wasserstein2(C, c.C, p_ref, c.p, "square_loss", epsilon=0.1) for c in clouds[:4])
+
+    assert abs(cost(C_fast) - cost(C_ref)) / cost(C_ref) < 1e-3
+    assert np.allclose(C_fast, C_ref, atol=1e-6) and np.allclose(p_fast, p_ref)
+
+
+def test_float32_close_to_float64(clouds):
+    cfg = GWKMeansConfig()
+    centre = PotEngine().barycenter(clouds[:3], GWKMeansConfig(bary_max_iter=10), seed=0)
+    d64 = FastEngine(device="cpu").distances(clouds, centre, cfg)
+    d32 = FastEngine(device="cpu", dtype=torch.float32).distances(clouds, centre, cfg)
+    assert np.allclose(d32, d64, rtol=1e-3)
+
+
+def test_same_clusters_as_pot_with_same_init():
+    rng = np.random.default_rng(1)
+    small = [point_cloud(np.pad(rng.random((3, 3)), 3) + rng.random((9, 9)) * 0.01) for _ in range(5)]
+    spread = [point_cloud(rng.random((9, 9)) ** 2) for _ in range(5)]
+    cs = small + spread
+    for init in ("cloud", "compressed"):
+        cfg = GWKMeansConfig(seed=0, bary_max_iter=20, init=init)
+        a = gw_kmeans(cs, cfg, "pot")
+        b = gw_kmeans(cs, cfg, "fast")
+        assert np.array_equal(a.labels, b.labels)
+        assert np.allclose(a.distances, b.distances, rtol=1e-6)
+
+
+def test_degenerate_inputs():
+    one_pixel = point_cloud(np.pad([[1.0]], ((2, 2), (2, 2))))
+    other = point_cloud(np.random.default_rng(0).random((5, 5)))
+    cfg = GWKMeansConfig(bary_max_iter=10)
+    # A one-pixel cloud (C = [[0]]) and identical clouds give finite distances, equal to POT's.
+    ref = PotEngine().distances([one_pixel, other, other], (other.C, other.p), cfg)
+    got = FastEngine(device="cpu").distances([one_pixel, other, other], (other.C, other.p), cfg)
+    assert np.isfinite(got).all() and np.allclose(got, ref, rtol=1e-6, atol=1e-12)
+    assert got[1] == pytest.approx(got[2], rel=1e-12)
+
+
+def test_grid_products_equal_dense(clouds):
+    g = GridClouds.build(clouds)
+    X = torch.rand(len(clouds), 144, 3, dtype=torch.float64) * (g.p > 0)[:, :, None]
+    got = g.apply_C(X, torch.arange(len(clouds)))
+    for i, c in enumerate(clouds):
+        flat = np.ravel_multi_index(c.coords.T, c.shape)
+        dense = c.C @ X[i, flat].numpy()
+        assert np.allclose(got[i, flat].numpy(), dense)
+        assert np.allclose(g.c[i, flat].numpy(), (c.C**2) @ c.p)
