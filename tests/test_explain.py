@@ -103,3 +103,15 @@ def test_point_cloud_degenerate():
         point_cloud(np.full((4, 4), np.nan))
     one = point_cloud(np.eye(4) * 0 + np.pad([[1.0]], ((0, 3), (0, 3))))
     assert len(one) == 1 and one.C.tolist() == [[0.0]]
+
+
+def test_cloud_scale_is_largest_pairwise_distance():
+    from poisonsift.explain import _max_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = rng.integers(0, 32, (int(rng.integers(2, 600)), 2))
+        brute = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)).max()
+        assert np.isclose(_max_distance(c), brute if brute > 0 else 1.0)
+    line = np.stack([np.arange(30), np.full(30, 3)], 1)  # collinear: no 2-D hull
+    assert _max_distance(line) == 29.0

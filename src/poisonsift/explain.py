@@ -196,14 +196,20 @@ def point_cloud(heatmap: np.ndarray, mass: float = 0.99, fallback: str = "unifor
 
 
 def _max_distance(coords: np.ndarray) -> float:
-    # Exact blockwise scan: O(n^2) arithmetic without an n x n matrix in memory.
+    """Largest pairwise distance of (n, 2) points: the farthest pair are convex-hull vertices."""
     if len(coords) < 2:
         return 1.0
     c = coords.astype(np.float64)
+    if len(c) > 16:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            c = c[ConvexHull(c).vertices]
+        except QhullError:  # collinear points: no 2-D hull, scan them all
+            pass
     best = 0.0
-    for s in range(0, len(c), 256):
-        d2 = ((c[s : s + 256, None, :] - c[None, :, :]) ** 2).sum(-1)
-        best = max(best, float(d2.max()))
+    for s in range(0, len(c), 256):  # blockwise: no n x n matrix in memory
+        best = max(best, float(((c[s : s + 256, None, :] - c[None, :, :]) ** 2).sum(-1).max()))
     return float(np.sqrt(best)) if best > 0 else 1.0
 
 

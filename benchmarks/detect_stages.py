@@ -1,0 +1,68 @@
+"""Seconds per stage of Activation Clustering and Heatmap Clustering on the same class.
+
+    python benchmarks/detect_stages.py --run DIR [--class 5] [--engine fast] [--subset N]
+
+Runs AC (activations, PCA, k-means) and HC (LRP, point clouds, GW k-means) on
+the attacked class of a run (``poisoned.npz`` + ``model.pt``) and prints each
+stage's seconds, both totals and the ratio whole-HC / whole-AC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from poisonsift.defences import ACConfig, ActivationClustering, HCConfig, HeatmapClustering
+from poisonsift.gw import GWKMeansConfig
+from poisonsift.metrics import detection_metrics
+from poisonsift.runs import load_poisoned, read_json
+from poisonsift.training import load_checkpoint
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--class", dest="cls", type=int, default=None)
+    ap.add_argument("--engine", default="fast", choices=["fast", "pot"])
+    ap.add_argument("--subset", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    run = Path(a.run)
+    pd = load_poisoned(run / "poisoned.npz")
+    cls = a.cls if a.cls is not None else read_json(run / "attack.json")["target_class"]
+    rows = np.flatnonzero(pd.y_train == cls)
+    x, y, truth = pd.x_train[rows], pd.y_train[rows], pd.poison_mask[rows]
+    model, norm = load_checkpoint(run / "model.pt")
+    ac = ActivationClustering(ACConfig(seed=a.seed)).detect(model, x, y, norm)
+    hc = HeatmapClustering(HCConfig(gw=GWKMeansConfig(seed=a.seed), engine=a.engine, subset=a.subset)).detect(
+        model, x, y, norm)
+    res = {"class": int(cls), "n": int(len(rows)), "engine": a.engine, "subset": a.subset,
+           "ac_seconds": ac.seconds, "hc_seconds": hc.seconds,
+           "ac_total": sum(ac.seconds.values()), "hc_total": sum(hc.seconds.values())}  # fmt: skip
+    res["ratio"] = res["hc_total"] / res["ac_total"]
+    ok = np.isfinite(hc.scores)
+    res["ac_metrics"] = {k: v for k, v in detection_metrics(truth, ac.is_poisoned, ac.scores).items() if k in ("acc", "tpr", "tnr")}
+    res["hc_metrics"] = {k: v for k, v in detection_metrics(truth[ok], hc.is_poisoned[ok], hc.scores[ok]).items() if k in ("acc", "tpr", "tnr")}
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"class {cls}: {len(rows)} images ({int(truth.sum())} poisoned); HC engine {a.engine}"
+          + (f", subset {a.subset}" if a.subset else ""))
+    print(f"{'stage':<24} {'seconds':>8}")
+    for k, v in ac.seconds.items():
+        print(f"{'AC ' + k:<24} {v:8.2f}")
+    print(f"{'AC total':<24} {res['ac_total']:8.2f}")
+    for k, v in hc.seconds.items():
+        print(f"{'HC ' + k:<24} {v:8.2f}")
+    print(f"{'HC total':<24} {res['hc_total']:8.2f}")
+    print(f"{'ratio HC / AC':<24} {res['ratio']:8.2f}")
+    print(f"AC  ACC {res['ac_metrics']['acc']:.4f} TPR {res['ac_metrics']['tpr']:.4f} TNR {res['ac_metrics']['tnr']:.4f}")
+    print(f"HC  ACC {res['hc_metrics']['acc']:.4f} TPR {res['hc_metrics']['tpr']:.4f} TNR {res['hc_metrics']['tnr']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
