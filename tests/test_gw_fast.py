@@ -82,3 +82,25 @@ def test_grid_products_equal_dense(clouds):
         dense = c.C @ X[i, flat].numpy()
         assert np.allclose(got[i, flat].numpy(), dense)
         assert np.allclose(g.c[i, flat].numpy(), (c.C**2) @ c.p)
+
+
+def test_same_clusters_as_pot_on_200_synthetic_heatmaps():
+    """200 trigger-like heatmaps (12x12 grid to keep the POT loop quick): identical clusters."""
+    rng = np.random.default_rng(7)
+    heat = rng.random((200, 12, 12)) * 0.05
+    yy, xx = np.mgrid[:12, :12]
+    ring = np.exp(-((np.hypot(yy - 5.5, xx - 5.5) - 4) ** 2))
+    poisoned = rng.random(200) < 1 / 3
+    for i in range(200):
+        heat[i] += ring
+        if poisoned[i]:
+            r, c = rng.integers(3, 7, 2)
+            heat[i, r : r + 2, c : c + 2] += 4.0
+    clouds = [point_cloud(h, mass=0.9) for h in heat]
+    cfg = GWKMeansConfig(seed=0, bary_max_iter=20, init="compressed")
+    a = gw_kmeans(clouds, cfg, "pot")
+    b = gw_kmeans(clouds, cfg, "fast")
+    agree = np.mean(a.labels == b.labels)
+    assert max(agree, 1 - agree) >= 0.99
+    purity = np.mean(b.labels == poisoned)
+    assert max(purity, 1 - purity) > 0.9  # and the clusters are the planted ones
