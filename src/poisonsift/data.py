@@ -44,6 +44,7 @@ __all__ = [
     "prepare",
     "load_npz",
     "save_npz",
+    "read_npz",
     "resolve_data",
     "find_default_gtsrb",
     "validate_arrays",
@@ -315,8 +316,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi
     return data
 
 
-def save_npz(data: ImageData, path: str | os.PathLike) -> None:
-    """Write ``data`` to a compressed ``.npz`` atomically."""
+def save_npz(data: ImageData, path: str | os.PathLike, **extra: np.ndarray) -> None:
+    """Write ``data`` (plus any ``extra`` arrays) to a compressed ``.npz`` atomically."""
     atomic_write_npz(
         path,
         x_train=data.x_train,
@@ -325,22 +326,29 @@ def save_npz(data: ImageData, path: str | os.PathLike) -> None:
         y_test=data.y_test,
         classes=np.asarray(data.classes, dtype=str),
         group_train=data.group_train,
+        **extra,
     )
 
 
-def load_npz(path: str | os.PathLike) -> ImageData:
-    """Load and validate a prepared ``.npz`` (see module docstring for the arrays)."""
+def read_npz(path: str | os.PathLike, required: set[str], missing_hint: str = "no such file") -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` (no pickles), with a clear error when it or ``required`` arrays are missing."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {missing_hint}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz ({exc})") from None
-    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+    missing = required - set(arrays)
     if missing:
         raise DataError(f"{path}: missing arrays {sorted(missing)}")
+    return arrays
+
+
+def load_npz(path: str | os.PathLike) -> ImageData:
+    """Load and validate a prepared ``.npz`` (see module docstring for the arrays)."""
+    arrays = read_npz(path, {"x_train", "y_train", "x_test", "y_test"})
     y_all = np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()])
     if "classes" in arrays:
         classes = [str(c) for c in arrays["classes"].tolist()]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from poisonsift.attacks import Attack, LabelConsistent, PoisonedData, attack_from_config
-from poisonsift.data import ImageData
+from poisonsift.data import ImageData, read_npz, save_npz
 from poisonsift.errors import DataError
 from poisonsift.metrics import attack_success_rate, clean_accuracy, mean_asr, per_class_asr
 from poisonsift.training import (
@@ -35,7 +35,7 @@ from poisonsift.training import (
     save_checkpoint,
     train,
 )
-from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, default_device
+from poisonsift.utils import atomic_write_json, cache_dir, default_device
 
 __all__ = [
     "save_poisoned",
@@ -60,32 +60,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def save_poisoned(pd: PoisonedData, path: str | os.PathLike) -> None:
     """Write a :class:`PoisonedData` as ``poisoned.npz`` (atomically)."""
-    atomic_write_npz(
-        path,
-        x_train=pd.x_train,
-        y_train=pd.y_train,
-        poison_mask=pd.poison_mask,
-        source_index=pd.source_index,
-        x_test=pd.x_test,
-        y_test=pd.y_test,
-        classes=np.asarray(pd.classes, dtype=str),
-        group_train=pd.group_train,
-    )
+    save_npz(pd.as_image_data(), path, poison_mask=pd.poison_mask, source_index=pd.source_index)
 
 
 def load_poisoned(path: str | os.PathLike) -> PoisonedData:
     """Read and validate ``poisoned.npz``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no poisoned data set here; run `poisonsift poison --out {path.parent}` first")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable .npz ({exc})") from None
-    need = {"x_train", "y_train", "poison_mask", "source_index", "x_test", "y_test", "classes"}
-    if need - set(a):
-        raise DataError(f"{path}: missing arrays {sorted(need - set(a))}")
+    a = read_npz(path, {"x_train", "y_train", "poison_mask", "source_index", "x_test", "y_test", "classes"},
+                 f"no poisoned data set here; run `poisonsift poison --out {path.parent}` first")  # fmt: skip
     clean = ImageData(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]], a.get("group_train"))
     if a["poison_mask"].shape != a["y_train"].shape or a["poison_mask"].dtype != bool:
         raise DataError(f"{path}: poison_mask must be a bool array aligned with y_train")
