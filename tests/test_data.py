@@ -106,3 +106,29 @@ def test_real_gtsrb_counts(gtsrb_data):
     assert d.x_test.shape == (12630, 32, 32, 3)
     assert d.num_classes == 43 and d.classes[2] == "speed limit 50" and d.classes[5] == "speed limit 80"
     assert np.bincount(d.y_train).min() > 0
+
+
+def test_default_data_lookup_order(fake_gtsrb, monkeypatch):
+    from poisonsift.utils import cache_dir
+
+    monkeypatch.delenv("POISONSIFT_GTSRB", raising=False)
+    with pytest.raises(DataError, match="set POISONSIFT_GTSRB"):
+        resolve_data(None)
+    monkeypatch.setenv("POISONSIFT_GTSRB", str(fake_gtsrb))
+    a = resolve_data(None)
+    assert (cache_dir() / "data" / "gtsrb.npz").is_file()  # the user cache now holds it
+    monkeypatch.delenv("POISONSIFT_GTSRB")
+    b = resolve_data(None)
+    assert np.array_equal(a.x_train, b.x_train)
+
+
+def test_offline_download_failure_is_one_clear_message(monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("POISONSIFT_GTSRB", raising=False)
+    monkeypatch.setattr(torchvision.datasets, "GTSRB", offline)
+    with pytest.raises(DataError, match="pass --data PATH or set POISONSIFT_GTSRB"):
+        resolve_data(None, allow_download=True)

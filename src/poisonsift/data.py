@@ -406,7 +406,8 @@ def resolve_data(path: str | os.PathLike | None, allow_download: bool = False) -
     ``path=None`` the default GTSRB is used (:func:`find_default_gtsrb`), and, if
     ``allow_download``, torchvision's download as the last resort.
     """
-    if path is None:
+    default = path is None
+    if default:
         found = find_default_gtsrb()
         if found is None:
             if not allow_download:
@@ -427,6 +428,8 @@ def resolve_data(path: str | os.PathLike | None, allow_download: bool = False) -
         return load_npz(cached)
     data = prepare(p)
     save_npz(data, cached)
+    if default:  # found again without being told, even once $POISONSIFT_GTSRB is unset
+        save_npz(data, cache_dir() / "data" / "gtsrb.npz")
     return data
 
 
