@@ -115,3 +115,20 @@ def test_cloud_scale_is_largest_pairwise_distance():
         assert np.isclose(_max_distance(c), brute if brute > 0 else 1.0)
     line = np.stack([np.arange(30), np.full(30, 3)], 1)  # collinear: no 2-D hull
     assert _max_distance(line) == 29.0
+
+
+def test_heatmap_cache_hits_and_misses(tmp_path, tiny_data):
+    from poisonsift.explain import cached_lrp_heatmaps
+
+    m = SmallInception(num_classes=6).eval()
+    norm = Normalizer((0.5,) * 3, (0.25,) * 3)
+    x, y = tiny_data.x_train[:3], tiny_data.y_train[:3]
+    a = cached_lrp_heatmaps(m, x, y, norm, tmp_path)
+    assert len(list(tmp_path.glob("heatmaps-*.npy"))) == 1
+    b = cached_lrp_heatmaps(m, x, y, norm, tmp_path)
+    assert np.array_equal(a, b) and len(list(tmp_path.glob("*.npy"))) == 1  # hit
+    cached_lrp_heatmaps(m, x, (y + 1) % 6, norm, tmp_path)  # other labels: a new entry
+    with torch.no_grad():
+        m.fc3.weight.add_(1.0)
+    cached_lrp_heatmaps(m, x, y, norm, tmp_path)  # other weights: a new entry
+    assert len(list(tmp_path.glob("*.npy"))) == 3

@@ -35,7 +35,7 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.explain import activations, lrp_heatmaps, point_clouds
+from poisonsift.explain import activations, cached_lrp_heatmaps, point_clouds
 from poisonsift.gw import GWKMeansConfig, gw_kmeans
 from poisonsift.models import DEFAULT_HIDDEN_LAYER
 from poisonsift.training import Normalizer
@@ -288,6 +288,7 @@ class HCConfig:
     batch_size: int = 256
     fallback: str = "uniform"
     rule: ClusterRule = field(default_factory=ClusterRule)
+    cache_dir: str | None = None  # where LRP heatmaps are cached (keyed by model, images, labels)
 
 
 class HeatmapClustering(_Base):
@@ -302,7 +303,7 @@ class HeatmapClustering(_Base):
         if cfg.subset is not None and cfg.subset < len(images):
             idx = np.sort(np.random.default_rng(cfg.gw.seed).choice(len(images), cfg.subset, replace=False))
         t = time.perf_counter()
-        heat = lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.batch_size)
+        heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size)
         seconds = {"lrp": time.perf_counter() - t}
         t = time.perf_counter()
         clouds = point_clouds(heat, cfg.mass, cfg.fallback)
@@ -363,7 +364,7 @@ METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 
 def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
-                  subset: int | None = None, rule: str = "smaller"):  # fmt: skip
+                  subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)
     if method in ("raw-pca", "raw-ica"):
@@ -373,7 +374,7 @@ def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: 
         return ActivationClustering(ACConfig(layer=layer, seed=seed, rule=r))
     if method == "spectral":
         return SpectralSignatures(SpectralConfig(layer=layer))
-    hc = HCConfig(gw=GWKMeansConfig(seed=seed), engine=engine, subset=subset, rule=r)
+    hc = HCConfig(gw=GWKMeansConfig(seed=seed), engine=engine, subset=subset, rule=r, cache_dir=cache_dir)
     if method == "hc":
         return HeatmapClustering(hc)
     if method == "ac-hc":

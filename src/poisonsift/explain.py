@@ -32,6 +32,7 @@ __all__ = [
     "resolve_layer",
     "activations",
     "lrp_heatmaps",
+    "cached_lrp_heatmaps",
     "PointCloud",
     "point_cloud",
     "point_clouds",
@@ -133,6 +134,41 @@ def lrp_heatmaps(
             out[s : s + len(x)] = rel.sum(1).detach().float().cpu().numpy()
             bar.update(len(x))
     return out
+
+
+def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    h.update(repr(normalizer).encode())
+    h.update(b"EpsilonGammaBox+SequentialMergeBatchNorm")  # the LRP configuration
+    return h.hexdigest()[:20]
+
+
+def cached_lrp_heatmaps(model, images, labels, normalizer=None, cache_dir=None, batch_size: int = 256) -> np.ndarray:
+    """:func:`lrp_heatmaps`, stored in ``cache_dir`` under a key of the model's weights, the
+    images, the labels, the normaliser and the LRP configuration (no cache when None)."""
+    if cache_dir is None:
+        return lrp_heatmaps(model, images, labels, normalizer, batch_size)
+    from pathlib import Path
+
+    from poisonsift.utils import atomic_write_bytes
+
+    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer)}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    heat = lrp_heatmaps(model, images, labels, normalizer, batch_size)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, heat)
+    atomic_write_bytes(path, buf.getvalue())
+    return heat
 
 
 @dataclass

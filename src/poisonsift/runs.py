@@ -213,7 +213,8 @@ def detect_run(
     rows = np.flatnonzero(pd.y_train == cls)
     if len(rows) < 2:
         raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
-    defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule)
+    defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule,
+                            cache_dir=str(run / "cache"))  # LRP heatmaps, reused by later hc / ac-hc runs
     res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
