@@ -46,17 +46,20 @@ def synthetic_heatmaps(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_heatmaps(run: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from poisonsift.explain import lrp_heatmaps
-    from poisonsift.runs import load_poisoned, read_json
-    from poisonsift.training import load_checkpoint
     from pathlib import Path
 
-    pd = load_poisoned(Path(run) / "poisoned.npz")
-    target = read_json(Path(run) / "attack.json")["target_class"]
-    rows = np.flatnonzero(pd.y_train == target)
-    rows = np.sort(np.random.default_rng(seed).permutation(rows)[: min(n, len(rows))])
-    model, norm = load_checkpoint(Path(run) / "model.pt")
-    return lrp_heatmaps(model, pd.x_train[rows], pd.y_train[rows], norm), pd.poison_mask[rows]
+    from poisonsift.explain import cached_lrp_heatmaps
+    from poisonsift.runs import load_poisoned, read_json
+    from poisonsift.training import load_checkpoint
+
+    run = Path(run)
+    pd = load_poisoned(run / "poisoned.npz")
+    rows = np.flatnonzero(pd.y_train == read_json(run / "attack.json")["target_class"])
+    model, norm = load_checkpoint(run / "model.pt")
+    # The whole class, as `poisonsift detect --method hc` computes it: shares its heatmap cache.
+    heat = cached_lrp_heatmaps(model, pd.x_train[rows], pd.y_train[rows], norm, run / "cache")
+    pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[: min(n, len(rows))])
+    return heat[pick], pd.poison_mask[rows][pick]
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
