@@ -7,9 +7,8 @@ import json
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,11 +82,3 @@ def progress(**kwargs: Any) -> tqdm:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextmanager
-def torch_seed(seed: int) -> Iterator[torch.Generator]:
-    """A seeded CPU generator for code that must not touch the global RNG."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    yield g
