@@ -72,10 +72,11 @@ def build_attack(args: argparse.Namespace, data=None, device=None):
     surrogate = None
     if data is not None:
         if args.surrogate:
+            from functools import partial
+
             from poisonsift.training import load_checkpoint
 
-            def surrogate():
-                return load_checkpoint(args.surrogate, device)
+            surrogate = partial(load_checkpoint, args.surrogate, device)
         else:
             cfg = get_preset(args.surrogate_preset, epochs=args.surrogate_epochs, seed=args.seed)
             surrogate = surrogate_provider(data, cfg, device)
