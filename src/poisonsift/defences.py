@@ -285,7 +285,7 @@ class HCConfig:
     gw: GWKMeansConfig = field(default_factory=GWKMeansConfig)
     engine: str = "fast"
     subset: int | None = None
-    batch_size: int = 256
+    batch_size: int = 64
     fallback: str = "uniform"
     rule: ClusterRule = field(default_factory=ClusterRule)
     cache_dir: str | None = None  # where LRP heatmaps are cached (keyed by model, images, labels)
