@@ -85,6 +85,9 @@ class DetectionResult:
         suspicious: whether the class is judged to contain poison.
         analysis: rule inputs (relative sizes, silhouette score).
         seconds: wall time per stage.
+        embedding: (N, 2) a 2-D view of what was clustered, for plots: the first two
+            reduced components (raw / AC), or the entropic GW distances to the two
+            centres (HC); NaN rows for samples not clustered; None if not available.
     """
 
     cluster_labels: np.ndarray
@@ -95,6 +98,7 @@ class DetectionResult:
     suspicious: bool
     analysis: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray) -> None:
@@ -160,7 +164,9 @@ def _kmeans_split(z: np.ndarray, seed: int, rule: ClusterRule, seconds: dict) ->
     dist = km.transform(z)
     sil = float(silhouette_score(z, km.labels_)) if len(set(km.labels_)) == 2 else 0.0
     seconds["clustering"] = time.perf_counter() - t
-    return _result_from_distances(dist, rule, sil, seconds)
+    res = _result_from_distances(dist, rule, sil, seconds)
+    res.embedding = z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z))])
+    return res
 
 
 def _reduce(x: np.ndarray, method: str, n_components: int, seed: int) -> np.ndarray:
@@ -268,6 +274,7 @@ class SpectralSignatures(_Base):
             cluster_labels=labels_, scores=scores, is_poisoned=flagged,
             cluster_sizes=np.bincount(labels_, minlength=2).tolist(), poisoned_clusters=[1],
             suspicious=bool(n_flag), analysis={"eps_hat": self.config.eps_hat}, seconds=seconds,
+            embedding=centred @ vt[:2].T if vt.shape[0] >= 2 else None,
         )  # fmt: skip
 
 
@@ -313,8 +320,10 @@ class HeatmapClustering(_Base):
         seconds["clustering"] = time.perf_counter() - t
         sil = _silhouette_from_centres(km.distances, km.labels)
         sub = _result_from_distances(km.distances, cfg.rule, sil, seconds)
+        view = km.distances[:, :2] if km.distances.shape[1] >= 2 else np.column_stack([km.distances[:, 0], np.zeros(len(idx))])
         if len(idx) == len(images):
             sub.analysis["n_iter"] = km.n_iter
+            sub.embedding = view
             return sub
         full_labels = np.full(len(images), -1)
         full_labels[idx] = sub.cluster_labels
@@ -323,8 +332,10 @@ class HeatmapClustering(_Base):
         flagged = np.zeros(len(images), dtype=bool)
         flagged[idx] = sub.is_poisoned
         sub.analysis.update(n_iter=km.n_iter, subset_index=idx.tolist())
+        embedding = np.full((len(images), 2), np.nan)
+        embedding[idx] = view
         return DetectionResult(full_labels, scores, flagged, sub.cluster_sizes, sub.poisoned_clusters,
-                               sub.suspicious, sub.analysis, seconds)  # fmt: skip
+                               sub.suspicious, sub.analysis, seconds, embedding)  # fmt: skip
 
 
 def _silhouette_from_centres(dist: np.ndarray, labels: np.ndarray) -> float:

@@ -35,7 +35,7 @@ from poisonsift.training import (
     save_checkpoint,
     train,
 )
-from poisonsift.utils import atomic_write_json, cache_dir, default_device
+from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, default_device
 
 __all__ = [
     "save_poisoned",
@@ -187,12 +187,18 @@ def detect_run(
     subset: int | None = None,
     rule: str = "smaller",
     device=None,
+    out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``; writes ``detection-METHOD.json``.
+    """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``.
 
     ``cls``: a class index, ``"auto"`` (the top of :func:`~poisonsift.defences.rank_classes`),
     or None (the attack's target class from ``attack.json``). Metrics are
     computed against ``poison_mask`` on the rows of that class.
+
+    Writes the summary to ``out`` (default ``run/detection-METHOD.json``) and,
+    beside it (same name, ``.npz``), the per-sample arrays of the class's rows:
+    ``rows`` (indices into ``y_train``), ``truth``, ``is_poisoned``, ``scores``,
+    ``cluster_labels`` and ``embedding`` ((N, 2), NaN where not available).
     """
     from poisonsift.defences import build_defence, rank_classes
     from poisonsift.metrics import detection_metrics
@@ -200,7 +206,7 @@ def detect_run(
     run = Path(run)
     pd = load_poisoned(run / "poisoned.npz")
     model, norm = load_checkpoint(run / "model.pt", device)
-    out: dict[str, Any] = {"method": method}
+    summary: dict[str, Any] = {"method": method}
     ranking = None
     if cls == "auto":
         ranking = rank_classes(model, pd.x_train, pd.y_train, norm, seed=seed)
@@ -219,7 +225,7 @@ def detect_run(
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
     m = detection_metrics(truth[considered], res.is_poisoned[considered], res.scores[considered])
-    out.update(
+    summary.update(
         {
             "class": cls,
             "n": int(considered.sum()),
@@ -234,10 +240,16 @@ def detect_run(
         }
     )
     if method in ("hc", "ac-hc"):
-        out["engine"] = engine
+        summary["engine"] = engine
     if subset is not None:
-        out["subset"] = subset
+        summary["subset"] = subset
     if ranking is not None:
-        out["ranking"] = ranking
-    atomic_write_json(run / f"detection-{method}.json", out)
-    return out
+        summary["ranking"] = ranking
+    summary["config"] = {"method": method, "class": cls, "layer": layer, "engine": engine, "subset": subset,
+                         "rule": rule, "seed": seed}  # fmt: skip
+    path = Path(out) if out is not None else run / f"detection-{method}.json"
+    emb = res.embedding if res.embedding is not None else np.full((len(rows), 2), np.nan)
+    atomic_write_npz(path.with_suffix(".npz"), rows=rows, truth=truth, is_poisoned=res.is_poisoned,
+                scores=res.scores, cluster_labels=res.cluster_labels, embedding=emb)  # fmt: skip
+    atomic_write_json(path, summary)
+    return summary
