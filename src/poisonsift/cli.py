@@ -133,6 +133,16 @@ def _class_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--class must be a class index or 'auto', got {text!r}") from None
 
 
+def _tables_arg(text: str) -> list[str]:
+    from poisonsift.experiments import TABLES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in (*TABLES, "all")]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown table {', '.join(bad) or text!r}; choose from {', '.join(TABLES)} or all")
+    return names
+
+
 def _detection_row(d: dict[str, Any]) -> str:
     return (f"{d['method']:<9} {d['n']:>6} {d['n_poisoned_true']:>6} {d['n_flagged']:>6} "
             f"{d['acc']:>6.4f} {d['tpr']:>6.4f} {d['tnr']:>6.4f} {d['auroc']:>6.4f} {sum(d['seconds'].values()):>8.1f}")
@@ -182,6 +192,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
            "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
     table = "\n".join([DETECTION_HEADER, *(_detection_row(d) for d in dets)])
     _emit(args, obj, f"{_metrics_line(m)}\n{table}\n({obj['seconds']:.0f} s in all; artefacts in {out})")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from poisonsift.experiments import reproduce
+
+    res = reproduce(
+        args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
+        executor=args.executor, ray_address=args.ray_address, force=args.force, threads=args.threads,
+    )  # fmt: skip
+    lines = []
+    for t in res["tables"].values():
+        lines.append(f"Table {t['name']}: {t['title']}")
+        cols = t["columns"]
+        lines.append("  " + " | ".join([t["key"], "", *cols]))
+        for r in t["rows"]:
+            lab = ", ".join(str(v) for v in r["label"].values())
+            lines.append("  " + " | ".join([lab, "ours", *(f"{r['ours'][c]:.2f}" if r["ours"].get(c) is not None else "-" for c in cols)]))
+            if r["paper"]:
+                lines.append("  " + " | ".join(["", "paper", *(f"{r['paper'][c]:.2f}" if c in r["paper"] else "-" for c in cols)]))
+    c = res["computed"]
+    lines.append(f"{res['seconds']:.0f} s; computed {c['runs']} runs and {c['detections']} detections of {c['units']} units; "
+                 f"report: {Path(args.out) / 'report.html'}")  # fmt: skip
+    _emit(args, res, "\n".join(lines))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from poisonsift.report import write_report
+
+    paths = write_report(args.dir)
+    _emit(args, {k: str(v) for k, v in paths.items()}, f"wrote {paths['html']} and {paths['md']}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -248,6 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--seed", type=int, default=0)
     add_json(dt)
     dt.set_defaults(func=cmd_detect)
+
+    rp = sub.add_parser("reproduce", help="reproduce the paper's tables (cached, resumable; local or Ray)")
+    rp.add_argument("--table", required=True, type=_tables_arg,
+                    help="1, 2, 3, 4, 5, fig6, sizes or all; several joined by commas (e.g. 1,3)")
+    rp.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="training preset (default cpu)")
+    rp.add_argument("--repeats", type=int, default=None, help="table 5: repeats per p (default 10)")
+    rp.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB or the cache)")
+    rp.add_argument("--out", default="runs/reproduce", help="where results.json and the report go")
+    rp.add_argument("--cache", default=None, help="artefact cache (default: $POISONSIFT_CACHE/experiments)")
+    rp.add_argument("--executor", default="local", choices=["local", "ray"])
+    rp.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+    rp.add_argument("--threads", type=int, default=None, help="torch threads per unit (default: this process's)")
+    rp.add_argument("--force", action="store_true", help="recompute every unit instead of using the cache")
+    add_json(rp)
+    rp.set_defaults(func=cmd_reproduce)
+
+    rr = sub.add_parser("report", help="write DIR/report.html and DIR/report.md from DIR/results.json")
+    rr.add_argument("dir")
+    add_json(rr)
+    rr.set_defaults(func=cmd_report)
 
     de = sub.add_parser("demo", help="prepare data -> standard attack -> train -> evaluate")
     de.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB, the cache, or a download)")

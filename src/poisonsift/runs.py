@@ -44,6 +44,7 @@ __all__ = [
     "train_run",
     "evaluate_run",
     "surrogate_provider",
+    "surrogate_path",
     "read_json",
     "detect_run",
 ]
@@ -81,6 +82,12 @@ def _config_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def surrogate_path(data: ImageData, cfg: TrainConfig, cache: Path | None = None) -> Path:
+    """Where :func:`surrogate_provider` keeps the surrogate for (data, cfg)."""
+    folder = cache or cache_dir() / "surrogates"
+    return folder / f"surrogate-{_config_key(data.fingerprint(), cfg.to_dict())}.pt"
+
+
 def surrogate_provider(
     data: ImageData, cfg: TrainConfig, device: torch.device | str | None = None, cache: Path | None = None
 ) -> Callable[[], tuple[torch.nn.Module, Normalizer]]:
@@ -92,8 +99,7 @@ def surrogate_provider(
     """
 
     def provide():
-        folder = cache or cache_dir() / "surrogates"
-        path = folder / f"surrogate-{_config_key(data.fingerprint(), cfg.to_dict())}.pt"
+        path = surrogate_path(data, cfg, cache)
         if path.is_file():
             return load_checkpoint(path, device)
         res = train(data.x_train, data.y_train, data.num_classes, cfg, groups=data.group_train, device=device)

@@ -1,0 +1,372 @@
+"""Reports of a reproduction: ``report.html`` and ``report.md`` with figures beside them.
+
+:func:`write_report` reads ``DIR/results.json`` (written by
+:func:`poisonsift.experiments.reproduce`) and the cached runs it points to,
+and writes into ``DIR``:
+
+* every table, ours beside the paper's and the difference (percentage points);
+* Figure 6 as a bar chart (per-class ASR of the amplitude-sticker runs);
+* example poisoned images of each attack (as the paper's Figures 1-2);
+* for three clean and three poisoned images of an attacked class, the LRP
+  heatmap and its top-99 % point cloud (as the paper's Figures 3-4);
+* a 2-D view of each defence's clusters coloured by ground truth: the first two
+  PCA components of the activations (AC, SS) or of the pixels (raw PCA / ICA), and
+  for HC the entropic GW distances to the two cluster centres (the k-means
+  geometry itself: an MDS of all pairwise GW distances would cost O(N^2) GW solves);
+* seconds per stage.
+
+Figures are PNG files in ``DIR/figures/``; the page needs no network. The HTML
+marks ``<body data-images=N data-broken-images=M>`` once loaded, which the
+browser test reads.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poisonsift.errors import DataError
+from poisonsift.utils import atomic_write_bytes
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+th{background:#f3f3f3}td.src{text-align:left;color:#555}
+tr.ours td{font-weight:600}tr.diff td{color:#777;font-size:.85em}
+.pos{color:#1a7f37}.neg{color:#c62828}
+img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:.9em}
+"""
+
+_CHECK_JS = """
+window.addEventListener('load', function () {
+  var imgs = document.images, broken = 0;
+  for (var i = 0; i < imgs.length; i++) { if (!imgs[i].complete || imgs[i].naturalWidth === 0) broken++; }
+  document.body.setAttribute('data-images', String(imgs.length));
+  document.body.setAttribute('data-broken-images', String(broken));
+});
+"""
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _savefig(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in row["label"].items())
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _fig_examples(runs: dict[str, str], figdir: Path) -> Path | None:
+    """Six poisoned training images per attack kind, upscaled."""
+    import matplotlib.pyplot as plt
+
+    from poisonsift.runs import load_poisoned
+
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 6, figsize=(9, 1.7 * len(runs)), squeeze=False)
+    for i, (kind, d) in enumerate(runs.items()):
+        pd = load_poisoned(Path(d) / "poisoned.npz")
+        idx = np.flatnonzero(pd.poison_mask)[:6]
+        for j in range(6):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(pd.x_train[idx[j]], interpolation="nearest")
+        axes[i, 0].set_title(kind, loc="left", fontsize=9)
+    path = figdir / "examples.png"
+    _savefig(fig, path)
+    return path
+
+
+def _fig_heatmaps(run: str, figdir: Path) -> Path | None:
+    """Image, LRP heatmap and point cloud of 3 clean and 3 poisoned images of the target class."""
+    import matplotlib.pyplot as plt
+
+    from poisonsift.explain import lrp_heatmaps, point_clouds
+    from poisonsift.runs import load_poisoned, read_json
+    from poisonsift.training import load_checkpoint
+
+    d = Path(run)
+    pd = load_poisoned(d / "poisoned.npz")
+    target = read_json(d / "attack.json")["target_class"]
+    rows = np.flatnonzero(pd.y_train == target)
+    clean = rows[~pd.poison_mask[rows]][:3]
+    poison = rows[pd.poison_mask[rows]][:3]
+    pick = np.concatenate([clean, poison])
+    if len(pick) == 0:
+        return None
+    model, norm = load_checkpoint(d / "model.pt")
+    heat = lrp_heatmaps(model, pd.x_train[pick], pd.y_train[pick], norm, desc="report LRP")
+    clouds = point_clouds(heat)
+    fig, axes = plt.subplots(3, len(pick), figsize=(1.8 * len(pick), 5.6), squeeze=False)
+    for j, i in enumerate(pick):
+        axes[0, j].imshow(pd.x_train[i], interpolation="nearest")
+        axes[0, j].set_title("poisoned" if pd.poison_mask[i] else "clean", fontsize=9)
+        lim = float(np.abs(heat[j]).max()) or 1.0
+        axes[1, j].imshow(heat[j], cmap="bwr", vmin=-lim, vmax=lim)
+        c = clouds[j]
+        axes[2, j].scatter(c.coords[:, 1], c.coords[:, 0], s=2 + 400 * c.p, c=c.p, cmap="viridis")
+        axes[2, j].set_xlim(-0.5, 31.5)
+        axes[2, j].set_ylim(31.5, -0.5)
+        axes[2, j].set_aspect("equal")
+        for r in range(3):
+            axes[r, j].set_xticks([])
+            axes[r, j].set_yticks([])
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("LRP heatmap")
+    axes[2, 0].set_ylabel("point cloud")
+    path = figdir / "heatmaps.png"
+    _savefig(fig, path)
+    return path
+
+
+_VIEW_AXES = {
+    "hc": ("GW distance to centre 0", "GW distance to centre 1"),
+    "ac-hc": ("GW distance to centre 0", "GW distance to centre 1"),
+}
+
+
+def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path | None:
+    """One panel per defence: its 2-D view, coloured by ground truth, flagged samples ringed."""
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for alias, path in detections.items():
+        arr = Path(path).with_suffix(".npz")
+        if not arr.exists():
+            continue
+        with np.load(arr) as z:
+            emb, truth, flag = z["embedding"], z["truth"], z["is_poisoned"]
+        meta = json.loads(Path(path).read_text())
+        ok = np.isfinite(emb).all(1)
+        if ok.sum() == 0:
+            continue
+        panels.append((alias, meta.get("method", alias), emb[ok], truth[ok], flag[ok]))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
+    for ax, (alias, method, emb, truth, flag) in zip(axes[0], panels):
+        ax.scatter(emb[~truth, 0], emb[~truth, 1], s=5, c="#1f77b4", alpha=0.6, label="clean")
+        ax.scatter(emb[truth, 0], emb[truth, 1], s=5, c="#d62728", alpha=0.6, label="poisoned")
+        ax.scatter(emb[flag, 0], emb[flag, 1], s=22, facecolors="none", edgecolors="k", linewidths=0.3, label="flagged")
+        xl, yl = _VIEW_AXES.get(method, ("component 1", "component 2"))
+        ax.set_xlabel(xl, fontsize=8)
+        ax.set_ylabel(yl, fontsize=8)
+        ax.set_title(f"{alias} ({method})", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, markerscale=2)
+    path = figdir / f"clusters-{name}.png"
+    _savefig(fig, path)
+    return path
+
+
+def _fig_per_class(table: dict[str, Any], figdir: Path) -> Path | None:
+    """Figure 6: per-class ASR (percent) for each row (amplitude), target class left out."""
+    import matplotlib.pyplot as plt
+
+    series = [(r["label"], r.get("per_class_asr")) for r in table["rows"] if r.get("per_class_asr")]
+    if not series:
+        return None
+    classes = sorted({int(c) for _, pc in series for c in pc})
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    for i, (label, pc) in enumerate(series):
+        vals = [100 * pc.get(str(c), np.nan) for c in classes]
+        ax.bar(np.arange(len(classes)) + i * width, vals, width, label=", ".join(f"{k} {v}" for k, v in label.items()))
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2)
+    ax.set_xticklabels(classes, fontsize=7)
+    ax.set_xlabel("true class of the triggered test image")
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, ncol=len(series))
+    path = figdir / f"per-class-asr-{table['name']}.png"
+    _savefig(fig, path)
+    return path
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _table_rows(t: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, list[str]]]]]:
+    """Header and, per row, the lines (kind, cells): ours, paper, diff."""
+    label_keys = list(t["rows"][0]["label"])
+    cols = t["columns"]
+    header = [*label_keys, "", *cols]
+    blocks = []
+    for r in t["rows"]:
+        lab = [str(r["label"][k]) for k in label_keys]
+        lines = [("ours", [*lab, "ours", *(_fmt(r["ours"].get(c)) for c in cols)])]
+        if r.get("paper"):
+            lines.append(("paper", [*[""] * len(lab), "paper", *(_fmt(r["paper"].get(c)) for c in cols)]))
+            lines.append(("diff", [*[""] * len(lab), "Δ", *(
+                (f"{r['diff'][c]:+.2f}" if c in r["diff"] else "") for c in cols)]))  # fmt: skip
+        blocks.append(lines)
+    return header, blocks
+
+
+def _html_table(t: dict[str, Any]) -> str:
+    header, blocks = _table_rows(t)
+    out = ["<table class='result' data-table='%s'>" % html.escape(t["name"]),
+           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]  # fmt: skip
+    n_lab = len(t["rows"][0]["label"])
+    for lines in blocks:
+        for kind, cells in lines:
+            tds = []
+            for i, c in enumerate(cells):
+                cls = "src" if i == n_lab else ""
+                if kind == "diff" and c.startswith(("+", "-")) and i > n_lab:
+                    cls = "pos" if c.startswith("+") else "neg"
+                tds.append(f"<td class='{cls}'>{html.escape(c)}</td>")
+            out.append(f"<tr class='{kind}'>" + "".join(tds) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _md_table(t: dict[str, Any]) -> str:
+    header, blocks = _table_rows(t)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for block in blocks:
+        for _, cells in block:
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _timing_rows(res: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for t in res["tables"].values():
+        for r in t["rows"]:
+            secs = r.get("seconds", {})
+            train = secs.get("train", [])
+            cells = [t["name"], _label(r), f"{np.mean(train):.0f}" if train else "-"]
+            parts = []
+            for alias, per_run in secs.items():
+                if alias == "train" or not per_run:
+                    continue
+                stages = per_run[0]
+                parts.append(f"{alias}: {sum(stages.values()):.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ")")
+            cells.append("; ".join(parts))
+            rows.append(cells)
+    return rows
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
+    """Write ``report.html`` and ``report.md`` (and ``figures/``) for the results in ``out``.
+
+    Returns the written paths by name. A folder without ``results.json`` is a :class:`DataError`.
+    """
+    out = Path(out)
+    rj = out / "results.json"
+    if not rj.is_file():
+        raise DataError(f"{out}: no results.json here; run `poisonsift reproduce --out {out}` first")
+    try:
+        res = json.loads(rj.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{rj}: not valid JSON ({exc})") from None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    # Pick the runs the figures show: the first of each attack kind, the first with an HC detection.
+    kinds: dict[str, str] = {}
+    hc_run = None
+    for t in res["tables"].values():
+        for r in t["rows"]:
+            for d in r["runs"]:
+                try:
+                    kind = json.loads((Path(d) / "attack.json").read_text())["attack"]
+                except (OSError, KeyError, json.JSONDecodeError):
+                    continue
+                kinds.setdefault(f"amplitude ({_label(r)})" if kind == "amplitude" else kind, d)
+            if hc_run is None and "HC" in r.get("detections", {}):
+                hc_run = r["runs"][0]
+    figs: dict[str, Path | None] = {}
+    if figures:
+        figs["examples"] = _fig_examples(dict(list(kinds.items())[:6]), figdir)
+        figs["heatmaps"] = _fig_heatmaps(hc_run, figdir) if hc_run else None
+        for t in res["tables"].values():
+            if t["name"] == "fig6":
+                figs["fig6"] = _fig_per_class(t, figdir)
+            for i, r in enumerate(t["rows"]):
+                first = {a: paths[0] for a, paths in r.get("detections", {}).items() if paths}
+                if first:
+                    figs[f"clusters-{t['name']}-{i}"] = _fig_clusters(f"{t['name']}-{i}", first, figdir)
+
+    def rel(p: Path) -> str:
+        return p.relative_to(out).as_posix()
+
+    title = "poisonsift: reproduction of Heatmap Clustering (Schulth et al.)"
+    meta = (f"preset <b>{html.escape(str(res.get('preset')))}</b>, executor {html.escape(str(res.get('executor')))}, "
+            f"{res.get('seconds', 0):.0f} s in all; units computed this time: {res.get('computed', {}).get('runs', 0)} runs, "
+            f"{res.get('computed', {}).get('detections', 0)} detections of {res.get('computed', {}).get('units', 0)} units. "
+            "Rates in percent; Δ = ours - paper (percentage points).")  # fmt: skip
+    h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
+         f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
+    md = [f"# {title}", "", meta.replace("<b>", "**").replace("</b>", "**"), ""]
+    for t in res["tables"].values():
+        h.append(f"<h2 id='table-{html.escape(t['name'])}'>Table {html.escape(t['name'])}: {html.escape(t['title'])}</h2>")
+        md += [f"## Table {t['name']}: {t['title']}", ""]
+        if t.get("note"):
+            h.append(f"<p class='note'>Paper: {html.escape(t['note'])}.</p>")
+            md += [f"Paper: {t['note']}.", ""]
+        h.append(_html_table(t))
+        md += [_md_table(t), ""]
+        if t["name"] == "fig6" and figs.get("fig6"):
+            h.append(f"<img src='{rel(figs['fig6'])}' alt='per-class ASR'>")
+            md += [f"![per-class ASR]({rel(figs['fig6'])})", ""]
+        for i, r in enumerate(t["rows"]):
+            p = figs.get(f"clusters-{t['name']}-{i}")
+            if p:
+                cap = f"clusters, {_label(r)} (first run): blue clean, red poisoned, ringed = flagged"
+                h.append(f"<figure><img src='{rel(p)}' alt='{html.escape(cap)}'><figcaption class='note'>{html.escape(cap)}</figcaption></figure>")
+                md += [f"![{cap}]({rel(p)})", ""]
+    if figs.get("examples"):
+        h += ["<h2>Poisoned training images</h2>", f"<img src='{rel(figs['examples'])}' alt='poisoned examples'>"]
+        md += ["## Poisoned training images", "", f"![poisoned examples]({rel(figs['examples'])})", ""]
+    if figs.get("heatmaps"):
+        cap = "LRP heatmaps (red positive relevance) and top-99 % point clouds (size = mass)"
+        h += ["<h2>Heatmaps and point clouds</h2>", f"<p class='note'>{cap}, run {html.escape(str(hc_run))}</p>",
+              f"<img src='{rel(figs['heatmaps'])}' alt='heatmaps'>"]  # fmt: skip
+        md += ["## Heatmaps and point clouds", "", cap, "", f"![heatmaps]({rel(figs['heatmaps'])})", ""]
+    trows = _timing_rows(res)
+    h += ["<h2>Seconds per stage</h2><table class='timings'><tr><th>table</th><th>row</th><th>train</th><th>detections</th></tr>"]
+    h += ["<tr>" + "".join(f"<td class='src'>{html.escape(c)}</td>" for c in r) + "</tr>" for r in trows]
+    h += ["</table>", f"<p class='note'>report written in {time.perf_counter() - t0:.1f} s</p></body></html>"]
+    md += ["## Seconds per stage", "", "| table | row | train | detections |", "|---|---|---|---|"]
+    md += ["| " + " | ".join(r) + " |" for r in trows]
+    atomic_write_bytes(out / "report.html", "\n".join(h).encode())
+    atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode())
+    return {"html": out / "report.html", "md": out / "report.md", **{k: v for k, v in figs.items() if v}}

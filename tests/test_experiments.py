@@ -1,0 +1,235 @@
+"""Experiment specs, cache keys, resume, the Ray executor - on tiny data and tiny trainings."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from poisonsift import experiments as ex
+from poisonsift.cli import main
+from poisonsift.data import save_npz
+from poisonsift.errors import ConfigError
+from poisonsift.experiments import AttackSpec, Column, DetectSpec, Row, RunSpec, TableSpec
+
+from conftest import make_tiny_data
+
+TINY_TRAIN = {"epochs": 1, "max_steps": 3, "batch_size": 16, "eval_batch_size": 64}
+
+
+def tiny_table(detections=("AC", "PCA"), ps=(0.33, 0.2), name="1") -> TableSpec:
+    """Standard attack on the tiny data; named "1" so its p = 33 row meets the paper's row."""
+    dets = {"AC": DetectSpec("ac"), "PCA": DetectSpec("raw-pca"), "HC": DetectSpec("hc")}
+    dets = {k: v for k, v in dets.items() if k in detections}
+    rows = [Row({"p": round(p * 100)}, [RunSpec(AttackSpec("standard", p), train=TINY_TRAIN)]) for p in ps]
+    cols = [Column("ASR", "metrics", "asr")]
+    for a in dets:
+        cols += [Column(f"{a} {m.upper()}", a, m) for m in ("acc", "tpr", "tnr")]
+    return TableSpec(name, "tiny", "p", rows, cols, dets)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    path = tmp_path / "tiny.npz"
+    save_npz(make_tiny_data(), path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: AttackSpec(kind="blend"), "unknown attack kind"),
+        (lambda: AttackSpec(p=0.0), "must be in \\(0, 1\\)"),
+        (lambda: AttackSpec(p=1.5), "must be in \\(0, 1\\)"),
+        (lambda: AttackSpec(kind="amplitude", amp=0), "amplitude must be in 1..255"),
+        (lambda: AttackSpec(size=0), "trigger size"),
+        (lambda: DetectSpec("magic"), "unknown detection method"),
+        (lambda: DetectSpec("hc", subset=1), "subset must be >= 2"),
+        (lambda: RunSpec(preset="gpu"), "unknown preset"),
+        (lambda: RunSpec(train={"epochz": 3}), "bad training override"),
+        (lambda: ex.build_table("9"), "unknown table"),
+        (lambda: ex.build_table("5", repeats=0), "repeats must be >= 1"),
+        (lambda: TableSpec("x", "t", "p", [Row({"p": 1}, [RunSpec()])], [Column("A", "nowhere", "acc")]), "unknown source"),
+        (lambda: TableSpec("x", "t", "p", [], [Column("ASR", "metrics", "asr")]), "no rows"),
+        (lambda: Row({"p": 1}, []), "no runs"),
+        (lambda: ex.make_executor("dask"), "unknown executor"),
+        (lambda: ex.make_executor("local", address="ray://x:10001"), "needs --executor ray"),
+    ],
+)
+def test_spec_validation_errors(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
+
+
+def test_cli_reports_bad_spec_without_traceback(capsys, tiny_npz):
+    assert main(["reproduce", "--table", "1", "--data", tiny_npz, "--ray-address", "ray://nowhere:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_paper_tables_match_the_paper():
+    paper = ex.paper_values()
+    assert [r["p"] for r in paper["1"]["rows"]] == [33, 15, 10, 5, 2]
+    assert paper["1"]["rows"][0]["HC ACC"] == 99.96 and paper["3"]["rows"][1]["TPR"] == 31.99
+    t1 = ex.build_table("1")
+    assert [r.label["p"] for r in t1.rows] == [33, 15, 10, 5, 2]
+    assert {r.runs[0].attack.kind for r in t1.rows} == {"standard"}
+    t5 = ex.build_table("5", repeats=3)
+    assert [len(r.runs) for r in t5.rows] == [3, 3]
+    assert len({rs.seed for rs in t5.rows[0].runs}) == 3  # new images and trigger places per repeat
+    # Table 3 and Table 1's p = 33 % row are the same run: the cache serves both.
+    fp = "f" * 16
+    assert ex.build_table("3").rows[0].runs[0].key(fp) == t1.rows[0].runs[0].key(fp)
+    # Figure 6 reuses Table 4's runs.
+    assert [r.runs[0].key(fp) for r in ex.build_table("fig6").rows] == [r.runs[0].key(fp) for r in ex.build_table("4").rows]
+
+
+# --------------------------------------------------------------------------- cache keys
+
+
+def test_run_keys_change_with_every_parameter_and_only_then():
+    fp = "0123456789abcdef"
+    base = RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2})
+    assert base.key(fp) == RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2}).key(fp)
+    changed = [
+        RunSpec(AttackSpec("standard", 0.15), train={"epochs": 2}),
+        RunSpec(AttackSpec("standard", 0.33, size=2), train={"epochs": 2}),
+        RunSpec(AttackSpec("standard", 0.33), train={"epochs": 3}),
+        RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2}, seed=1),
+        RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2}, preset="paper"),
+        RunSpec(AttackSpec("label-consistent", 0.33), train={"epochs": 2}),
+    ]
+    keys = {base.key(fp)} | {r.key(fp) for r in changed}
+    assert len(keys) == len(changed) + 1
+    assert base.key("fedcba9876543210") != base.key(fp)  # other data
+    # The surrogate's epochs matter to label-consistent runs only.
+    lc = RunSpec(AttackSpec("label-consistent", 0.33))
+    assert lc.key(fp) != RunSpec(AttackSpec("label-consistent", 0.33, surrogate_epochs=1)).key(fp)
+    assert RunSpec(AttackSpec("standard", 0.33)).key(fp) == RunSpec(AttackSpec("standard", 0.33, surrogate_epochs=1)).key(fp)
+    assert DetectSpec("ac").key() == DetectSpec("ac").key() != DetectSpec("ac", layer="relu_fc1").key()
+
+
+def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    first = ex.reproduce([tiny_table()], data=tiny_npz, out=out, cache=cache, report=False)
+    assert first["computed"] == {"runs": 2, "detections": 4, "units": 6}
+    t = first["tables"]["1"]
+    assert t["columns"] == ["ASR", "AC ACC", "AC TPR", "AC TNR", "PCA ACC", "PCA TPR", "PCA TNR"]
+    row = t["rows"][0]
+    assert row["paper"]["ASR"] == 100 and row["diff"]["ASR"] == pytest.approx(row["ours"]["ASR"] - 100)
+    assert t["rows"][1]["paper"] is None  # p = 20 is not a paper row
+    for v in row["ours"].values():
+        assert 0.0 <= v <= 100.0
+    metrics = json.loads((tmp_path / "cache" / "runs" / first["tables"]["1"]["rows"][0]["runs"][0].split("/")[-1] / "metrics.json").read_text())
+    assert row["ours"]["ASR"] == pytest.approx(100 * metrics["asr"])
+
+    again = ex.reproduce([tiny_table()], data=tiny_npz, out=out, cache=cache, report=False)
+    assert again["computed"] == {"runs": 0, "detections": 0, "units": 6}
+    assert again["tables"] == first["tables"]
+    assert again["seconds"] < 30
+
+    # A changed parameter misses: one more detection, the runs are reused.
+    more = ex.reproduce([tiny_table(detections=("AC", "PCA"))] + [TableSpec(
+        "x", "t", "p", tiny_table().rows[:1], [Column("ICA ACC", "ICA", "acc")], {"ICA": DetectSpec("raw-ica")})],
+        data=tiny_npz, out=out, cache=cache, report=False)  # fmt: skip
+    assert more["computed"]["runs"] == 0 and more["computed"]["detections"] == 1
+
+    forced = ex.reproduce([tiny_table(ps=(0.33,))], data=tiny_npz, out=out, cache=cache, report=False, force=True)
+    assert forced["computed"] == {"runs": 1, "detections": 2, "units": 3}
+    assert forced["tables"]["1"]["rows"][0]["ours"] == first["tables"]["1"]["rows"][0]["ours"]  # same seed, same numbers
+
+
+def test_resume_after_a_killed_run(tmp_path, tiny_npz, monkeypatch):
+    import poisonsift.runs as runs
+
+    calls = {"poison": 0, "train": 0}
+    real_train, real_poison = runs.train_run, runs.poison_run
+
+    def dying_train(*a, **k):
+        calls["train"] += 1
+        if calls["train"] == 2:
+            raise KeyboardInterrupt  # the user hits Ctrl-C during the second training
+        return real_train(*a, **k)
+
+    def counting_poison(*a, **k):
+        calls["poison"] += 1
+        return real_poison(*a, **k)
+
+    monkeypatch.setattr(runs, "train_run", dying_train)
+    monkeypatch.setattr(runs, "poison_run", counting_poison)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        ex.reproduce([tiny_table()], data=tiny_npz, out=tmp_path / "out", cache=cache, report=False)
+    dirs = sorted((cache / "runs").iterdir())
+    assert len(dirs) == 2
+    done = [d for d in dirs if (d / "metrics.json").exists()]
+    half = [d for d in dirs if not (d / "metrics.json").exists()]
+    assert len(done) == 1 and len(half) == 1
+    assert (half[0] / "poisoned.npz").exists() and not (half[0] / "model.pt").exists()
+
+    calls.update(poison=0, train=0)
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: (calls.__setitem__("train", calls["train"] + 1), real_train(*a, **k))[1])
+    res = ex.reproduce([tiny_table()], data=tiny_npz, out=tmp_path / "out", cache=cache, report=False)
+    assert calls == {"poison": 0, "train": 1}  # only the interrupted training runs again
+    assert res["computed"]["runs"] == 1
+
+
+def test_cached_run_with_a_foreign_spec_is_refused(tmp_path, tiny_npz):
+    cache = tmp_path / "cache"
+    res = ex.reproduce([tiny_table(ps=(0.33,))], data=tiny_npz, out=tmp_path / "o", cache=cache, report=False)
+    d = cache / "runs" / res["tables"]["1"]["rows"][0]["runs"][0].split("/")[-1]
+    spec = json.loads((d / "spec.json").read_text())
+    spec["material"]["poison_seed"] = 99
+    (d / "spec.json").write_text(json.dumps(spec))
+    from poisonsift.errors import DataError
+
+    with pytest.raises(DataError, match="does not match its key"):
+        ex.reproduce([tiny_table(ps=(0.33,))], data=tiny_npz, out=tmp_path / "o", cache=cache, report=False)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def test_ray_executor_gives_the_local_results(tmp_path, tiny_npz):
+    pytest.importorskip("ray")
+    table = tiny_table()
+    local = ex.reproduce([table], data=tiny_npz, out=tmp_path / "a", cache=tmp_path / "ca", report=False, threads=1)
+    executor = ex.RayExecutor(num_cpus=2)
+    try:
+        remote = ex.reproduce([table], data=tiny_npz, out=tmp_path / "b", cache=tmp_path / "cb", report=False,
+                              executor=executor, threads=1)  # fmt: skip
+    finally:
+        executor.shutdown()
+    assert remote["executor"] == "ray" and remote["computed"] == local["computed"]
+    for a, b in zip(local["tables"]["1"]["rows"], remote["tables"]["1"]["rows"]):
+        assert a["ours"] == b["ours"]  # bit-identical numbers
+    # the trained weights are identical too
+    import torch
+
+    wa = torch.load(f"{local['tables']['1']['rows'][0]['runs'][0]}/model.pt", weights_only=True)
+    wb = torch.load(f"{remote['tables']['1']['rows'][0]['runs'][0]}/model.pt", weights_only=True)
+    for k in wa["state_dict"]:
+        assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match="pip install 'poisonsift\\[ray\\]'"):
+        ex.make_executor("ray")
+
+
+def test_detections_save_their_arrays(tmp_path, tiny_npz):
+    res = ex.reproduce([tiny_table(ps=(0.33,), detections=("AC",))], data=tiny_npz, out=tmp_path / "o",
+                       cache=tmp_path / "c", report=False)  # fmt: skip
+    path = res["tables"]["1"]["rows"][0]["detections"]["AC"][0]
+    with np.load(path.replace(".json", ".npz")) as z:
+        n = len(z["rows"])
+        assert z["embedding"].shape == (n, 2) and z["truth"].dtype == bool and z["scores"].shape == (n,)
+        assert z["truth"].sum() > 0
+    meta = json.loads(open(path).read())
+    assert meta["spec"]["method"] == "ac" and meta["config"]["method"] == "ac"
