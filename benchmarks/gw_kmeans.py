@@ -74,13 +74,14 @@ def main() -> None:
     ap.add_argument("--engines", default="pot,fast")
     ap.add_argument("--pot-max", type=int, default=120, help="largest N the POT loop runs on (default 120)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warm-start", action="store_true", help="both engines warm-start their barycenters (GWKMeansConfig.warm_start)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sizes = [int(v) for v in a.n.split(",")]
     engines = a.engines.split(",")
     heat, truth = run_heatmaps(a.run, max(sizes), a.seed) if a.run else synthetic_heatmaps(max(sizes), a.seed)
     clouds_all = point_clouds(heat)
-    cfg = GWKMeansConfig(seed=a.seed)
+    cfg = GWKMeansConfig(seed=a.seed, warm_start=a.warm_start)
     rows = []
     pot_cache: dict[int, tuple[np.ndarray, float, np.ndarray | None]] = {}  # m -> (labels, seconds, fast labels)
     for n in sizes:

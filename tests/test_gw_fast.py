@@ -104,3 +104,23 @@ def test_same_clusters_as_pot_on_200_synthetic_heatmaps():
     assert max(agree, 1 - agree) >= 0.99
     purity = np.mean(b.labels == poisoned)
     assert max(purity, 1 - purity) > 0.9  # and the clusters are the planted ones
+
+
+def test_warm_started_barycenter_matches_pot(clouds):
+    """POT's init_C + warmstartT and the fast engine's warm start give the same barycenter."""
+    cfg = GWKMeansConfig(bary_max_iter=30, warm_start=True)
+    init = PotEngine().barycenter(clouds[:3], GWKMeansConfig(bary_max_iter=5), seed=1)[0]
+    C_ref, _ = PotEngine().barycenter(clouds[:4], cfg, seed=3, init=init)
+    C_fast, _ = FastEngine(device="cpu", chunk=2).barycenter(clouds[:4], cfg, seed=3, init=init)  # plans kept per chunk
+    assert np.allclose(C_fast, C_ref, atol=1e-6)
+
+
+def test_warm_start_keeps_the_clusters():
+    rng = np.random.default_rng(1)
+    small = [point_cloud(np.pad(rng.random((3, 3)), 3) + rng.random((9, 9)) * 0.01) for _ in range(5)]
+    spread = [point_cloud(rng.random((9, 9)) ** 2) for _ in range(5)]
+    cold = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20), "fast")
+    warm_pot = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20, warm_start=True, init="compressed"), "pot")
+    warm = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20, warm_start=True), "fast")
+    assert np.array_equal(warm.labels, cold.labels) and np.array_equal(warm.labels, warm_pot.labels)
+    assert np.allclose(warm.distances, warm_pot.distances, rtol=1e-5)

@@ -155,7 +155,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     from poisonsift.runs import detect_run
 
     d = detect_run(args.run, args.method, cls=args.cls, layer=args.layer, engine=args.engine, seed=args.seed,
-                   subset=args.subset, rule=args.rule)  # fmt: skip
+                   subset=args.subset, rule=args.rule, warm_start=args.warm_start)  # fmt: skip
     human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
     if "ranking" in d:
         top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--engine", default="fast", choices=["pot", "fast"],
                     help="GW engine for hc: fast (batched torch, default) or pot (the paper's POT loop)")
     dt.add_argument("--subset", type=int, default=None, help="hc: cluster a seeded random subset of this size")
+    dt.add_argument("--warm-start", action="store_true",
+                    help="hc: start each GW barycenter from the cluster's previous centre and plans (faster; not the paper's)")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)

@@ -375,7 +375,8 @@ METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 
 def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
-                  subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None):  # fmt: skip
+                  subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None,
+                  warm_start: bool = False):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)
     if method in ("raw-pca", "raw-ica"):
@@ -385,7 +386,7 @@ def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: 
         return ActivationClustering(ACConfig(layer=layer, seed=seed, rule=r))
     if method == "spectral":
         return SpectralSignatures(SpectralConfig(layer=layer))
-    hc = HCConfig(gw=GWKMeansConfig(seed=seed), engine=engine, subset=subset, rule=r, cache_dir=cache_dir)
+    hc = HCConfig(gw=GWKMeansConfig(seed=seed, warm_start=warm_start), engine=engine, subset=subset, rule=r, cache_dir=cache_dir)
     if method == "hc":
         return HeatmapClustering(hc)
     if method == "ac-hc":

@@ -303,7 +303,7 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
     if name in ("4", "fig6"):
         rows = [Row({"amplitude": a}, [run("amplitude", 0.33, amp=a)]) for a in (255, 128, 64, 32)]
         if name == "fig6":
-            return TableSpec("fig6", "Per-class ASR, amplitude sticker, p = 33 % (Figure 6)", "amplitude", rows,
+            return TableSpec("fig6", "Per-class ASR, amplitude sticker, p = 33 %", "amplitude", rows,
                              [Column("MASR", "metrics", "masr")], {})  # fmt: skip
         return TableSpec("4", "Label-consistent attack with reduced trigger amplitude (p = 33 %)", "amplitude", rows,
                          [Column("MASR", "metrics", "masr"), *cols], det)  # fmt: skip

@@ -51,6 +51,10 @@ class GWKMeansConfig:
     #: O(n^3) cloud-to-cloud GW); "compressed" first summarises each drawn cloud by its own
     #: ``n_support``-point GW barycenter, so every distance is cloud-to-centre. None: the engine's default.
     init: str | None = None
+    #: Warm starts (beyond the paper; POT's ``init_C`` and ``warmstartT``): each k-means
+    #: iteration starts a cluster's barycenter from its previous centre instead of a random
+    #: one, and each barycenter iteration starts every member's plan from its previous plan.
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_support < 1 or self.max_iter < 1:
@@ -74,9 +78,10 @@ class GWEngine(Protocol):
                   index: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         """Entropic GW distances from the prepared clouds (or those at ``index``) to one centre (C, p)."""
 
-    def barycenter(self, clouds: Any, cfg: GWKMeansConfig, seed: int,
-                   index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Entropic GW barycenter (C (m, m), p (m,)) of the clouds at ``index`` (all by default)."""
+    def barycenter(self, clouds: Any, cfg: GWKMeansConfig, seed: int, index: np.ndarray | None = None,
+                   init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Entropic GW barycenter (C (m, m), p (m,)) of the clouds at ``index`` (all by default),
+        starting from ``init`` (m, m) if given, else from POT's random structure seeded by ``seed``."""
 
 
 class PotEngine:
@@ -101,7 +106,7 @@ class PotEngine:
             )  # fmt: skip
         return out
 
-    def barycenter(self, clouds, cfg, seed, index=None):
+    def barycenter(self, clouds, cfg, seed, index=None, init=None):
         import ot
 
         members = clouds if index is None else [clouds[i] for i in index]
@@ -109,7 +114,8 @@ class PotEngine:
         C = ot.gromov.entropic_gromov_barycenters(
             m, [c.C for c in members], [c.p for c in members], p=np.full(m, 1.0 / m),
             lambdas=[1.0 / len(members)] * len(members), loss_fun="square_loss", epsilon=cfg.epsilon,
-            max_iter=cfg.bary_max_iter, tol=cfg.bary_tol, random_state=seed,
+            max_iter=cfg.bary_max_iter, tol=cfg.bary_tol, random_state=seed, init_C=init,
+            warmstartT=cfg.warm_start,
         )  # fmt: skip
         return np.asarray(C, dtype=np.float64), np.full(m, 1.0 / m)
 
@@ -191,7 +197,9 @@ def gw_kmeans(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | G
             for j in range(k):
                 members = np.flatnonzero(labels == j)
                 if len(members):  # an empty cluster keeps its centre
-                    centres[j] = eng.barycenter(handle, cfg, seed=cfg.seed + it * k + j, index=members)
+                    prev = centres[j][0]
+                    warm = prev if cfg.warm_start and prev.shape == (cfg.n_support, cfg.n_support) else None
+                    centres[j] = eng.barycenter(handle, cfg, seed=cfg.seed + it * k + j, index=members, init=warm)
             for j in range(k):
                 dist[:, j] = eng.distances(handle, centres[j], cfg)
             new = dist.argmin(1)

@@ -138,18 +138,20 @@ def _sinkhorn(a, b, M, reg, num_iter=1000, stop_thr=1e-9):
     return u[:, :, None] * K * v[:, None, :]
 
 
-def _egw(apply_left, apply_right, c1, c2, p, q, epsilon, max_iter, tol, sinkhorn_iter=1000, sinkhorn_thr=1e-9):
+def _egw(apply_left, apply_right, c1, c2, p, q, epsilon, max_iter, tol, sinkhorn_iter=1000, sinkhorn_thr=1e-9,
+         T0=None):  # fmt: skip
     """POT's entropic GW (PGD solver, square loss) for a batch of B problems.
 
     ``apply_left(T, idx)`` = C1 T and ``apply_right(X, idx)`` = X C2' for the
-    problems ``idx``; c1 (B, n) = C1^2 p, c2 (B, m) = C2^2 q. Returns (values (B,), plans (B, n, m)).
+    problems ``idx``; c1 (B, n) = C1^2 p, c2 (B, m) = C2^2 q; ``T0`` (B, n, m) the
+    starting plans (POT's ``G0``; default p q'). Returns (values (B,), plans (B, n, m)).
     """
     const = c1[:, :, None] + c2[:, None, :]
 
     def tens(T, idx):
         return const[idx] - 2 * apply_right(apply_left(T, idx), idx)
 
-    T = p[:, :, None] * q[:, None, :]
+    T = p[:, :, None] * q[:, None, :] if T0 is None else T0.clone()
     active = torch.arange(len(p), device=p.device)
     for cpt in range(max_iter):
         if len(active) == 0:
@@ -217,14 +219,18 @@ class FastEngine:
             out[s : s + len(sel)] = vals.cpu()
         return out.numpy()
 
-    def barycenter(self, clouds, cfg, seed, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Entropic GW barycenter (``cfg.n_support`` points, uniform weights) of the clouds (or ``index``)."""
+    def barycenter(self, clouds, cfg, seed, index: np.ndarray | None = None,
+                   init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Entropic GW barycenter (``cfg.n_support`` points, uniform weights) of the clouds (or
+        ``index``), from ``init`` (m, m) if given, else from POT's random structure for ``seed``."""
         g = self._grid(clouds)
         rows = torch.arange(len(g), device=self.device) if index is None else torch.as_tensor(index, device=self.device)
         m = cfg.n_support
         p = torch.full((m,), 1.0 / m, dtype=self.dtype, device=self.device)
         lam = 1.0 / len(rows)
-        C = torch.as_tensor(_pot_random_init(m, seed), dtype=self.dtype, device=self.device)
+        C0 = _pot_random_init(m, seed) if init is None else np.asarray(init, dtype=np.float64)
+        C = torch.as_tensor(C0, dtype=self.dtype, device=self.device)
+        plans: dict[int, torch.Tensor] = {}  # chunk start -> last plans (cfg.warm_start: POT's warmstartT)
         for _ in range(cfg.bary_max_iter):
             Cprev = C
             c1 = (C * C) @ p
@@ -237,8 +243,10 @@ class FastEngine:
                     lambda T, i: C @ T,
                     lambda X, i, sel=sel: g.apply_C(X.transpose(1, 2), sel[i]).transpose(1, 2),
                     c1.expand(len(sel), -1), g.c[sel], p.expand(len(sel), -1), g.p[sel],
-                    cfg.epsilon, cfg.bary_max_iter, 1e-4,
+                    cfg.epsilon, cfg.bary_max_iter, 1e-4, T0=plans.get(s),
                 )  # fmt: skip
+                if cfg.warm_start:
+                    plans[s] = T
                 CsT = g.apply_C(T.transpose(1, 2), sel)  # (B, P, m) = C_s T'
                 acc += lam * torch.bmm(T, CsT).sum(0)
             C = acc / torch.outer(p, p)

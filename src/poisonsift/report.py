@@ -172,7 +172,7 @@ def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path |
         panels.append((alias, meta.get("method", alias), emb[ok], truth[ok], flag[ok]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
     for ax, (alias, method, emb, truth, flag) in zip(axes[0], panels):
         ax.scatter(emb[~truth, 0], emb[~truth, 1], s=5, c="#1f77b4", alpha=0.6, label="clean")
         ax.scatter(emb[truth, 0], emb[truth, 1], s=5, c="#d62728", alpha=0.6, label="poisoned")
@@ -183,6 +183,7 @@ def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path |
         ax.set_title(f"{alias} ({method})", fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
     path = figdir / f"clusters-{name}.png"
     _savefig(fig, path)
     return path
@@ -337,8 +338,9 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
          f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
     md = [f"# {title}", "", meta.replace("<b>", "**").replace("</b>", "**"), ""]
     for t in res["tables"].values():
-        h.append(f"<h2 id='table-{html.escape(t['name'])}'>Table {html.escape(t['name'])}: {html.escape(t['title'])}</h2>")
-        md += [f"## Table {t['name']}: {t['title']}", ""]
+        heading = f"{'Figure 6' if t['name'] == 'fig6' else 'Table ' + t['name']}: {t['title']}"
+        h.append(f"<h2 id='table-{html.escape(t['name'])}'>{html.escape(heading)}</h2>")
+        md += [f"## {heading}", ""]
         if t.get("note"):
             h.append(f"<p class='note'>Paper: {html.escape(t['note'])}.</p>")
             md += [f"Paper: {t['note']}.", ""]

@@ -194,6 +194,7 @@ def detect_run(
     rule: str = "smaller",
     device=None,
     out: str | os.PathLike | None = None,
+    warm_start: bool = False,
 ) -> dict[str, Any]:
     """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``.
 
@@ -226,7 +227,7 @@ def detect_run(
     if len(rows) < 2:
         raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
     defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule,
-                            cache_dir=str(run / "cache"))  # LRP heatmaps, reused by later hc / ac-hc runs
+                            cache_dir=str(run / "cache"), warm_start=warm_start)  # LRP heatmaps, reused by later hc / ac-hc runs
     res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
@@ -247,12 +248,13 @@ def detect_run(
     )
     if method in ("hc", "ac-hc"):
         summary["engine"] = engine
+        summary["warm_start"] = warm_start
     if subset is not None:
         summary["subset"] = subset
     if ranking is not None:
         summary["ranking"] = ranking
     summary["config"] = {"method": method, "class": cls, "layer": layer, "engine": engine, "subset": subset,
-                         "rule": rule, "seed": seed}  # fmt: skip
+                         "rule": rule, "seed": seed, "warm_start": warm_start}  # fmt: skip
     path = Path(out) if out is not None else run / f"detection-{method}.json"
     emb = res.embedding if res.embedding is not None else np.full((len(rows), 2), np.nan)
     atomic_write_npz(path.with_suffix(".npz"), rows=rows, truth=truth, is_poisoned=res.is_poisoned,
