@@ -196,21 +196,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from poisonsift.experiments import reproduce
+    from poisonsift.report import table_markdown
 
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, force=args.force, threads=args.threads,
     )  # fmt: skip
-    lines = []
-    for t in res["tables"].values():
-        lines.append(f"Table {t['name']}: {t['title']}")
-        cols = t["columns"]
-        lines.append("  " + " | ".join([t["key"], "", *cols]))
-        for r in t["rows"]:
-            lab = ", ".join(str(v) for v in r["label"].values())
-            lines.append("  " + " | ".join([lab, "ours", *(f"{r['ours'][c]:.2f}" if r["ours"].get(c) is not None else "-" for c in cols)]))
-            if r["paper"]:
-                lines.append("  " + " | ".join(["", "paper", *(f"{r['paper'][c]:.2f}" if c in r["paper"] else "-" for c in cols)]))
+    lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]
     lines.append(f"{res['seconds']:.0f} s; computed {c['runs']} runs and {c['detections']} detections of {c['units']} units; "
                  f"report: {Path(args.out) / 'report.html'}")  # fmt: skip

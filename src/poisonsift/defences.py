@@ -158,6 +158,11 @@ def _result_from_distances(dist: np.ndarray, rule: ClusterRule, silhouette, seco
     )
 
 
+def _view2d(z: np.ndarray) -> np.ndarray:
+    """(N, 2): the first two columns of z (N, d), a zero column added when d = 1."""
+    return z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z))])
+
+
 def _kmeans_split(z: np.ndarray, seed: int, rule: ClusterRule, seconds: dict) -> DetectionResult:
     t = time.perf_counter()
     km = KMeans(n_clusters=2, init="k-means++", n_init=10, random_state=seed).fit(z)
@@ -165,7 +170,7 @@ def _kmeans_split(z: np.ndarray, seed: int, rule: ClusterRule, seconds: dict) ->
     sil = float(silhouette_score(z, km.labels_)) if len(set(km.labels_)) == 2 else 0.0
     seconds["clustering"] = time.perf_counter() - t
     res = _result_from_distances(dist, rule, sil, seconds)
-    res.embedding = z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z))])
+    res.embedding = _view2d(z)
     return res
 
 
@@ -274,7 +279,7 @@ class SpectralSignatures(_Base):
             cluster_labels=labels_, scores=scores, is_poisoned=flagged,
             cluster_sizes=np.bincount(labels_, minlength=2).tolist(), poisoned_clusters=[1],
             suspicious=bool(n_flag), analysis={"eps_hat": self.config.eps_hat}, seconds=seconds,
-            embedding=centred @ vt[:2].T if vt.shape[0] >= 2 else None,
+            embedding=_view2d(centred @ vt[:2].T),
         )  # fmt: skip
 
 
@@ -320,7 +325,7 @@ class HeatmapClustering(_Base):
         seconds["clustering"] = time.perf_counter() - t
         sil = _silhouette_from_centres(km.distances, km.labels)
         sub = _result_from_distances(km.distances, cfg.rule, sil, seconds)
-        view = km.distances[:, :2] if km.distances.shape[1] >= 2 else np.column_stack([km.distances[:, 0], np.zeros(len(idx))])
+        view = _view2d(km.distances)
         if len(idx) == len(images):
             sub.analysis["n_iter"] = km.n_iter
             sub.embedding = view

@@ -33,7 +33,6 @@ Choices where the paper is silent (stated once here):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -45,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.utils import atomic_write_json, cache_dir, progress
+from poisonsift.utils import atomic_write_json, cache_dir, config_hash, progress
 
 __all__ = [
     "AttackSpec",
@@ -72,10 +71,6 @@ DETECT_METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 GPU_PRESETS = frozenset({"paper"})
 TABLES = ("1", "2", "3", "4", "5", "fig6", "sizes")
 KEY_VERSION = 1
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- specs
@@ -168,7 +163,7 @@ class RunSpec:
 
     def key(self, data_fingerprint: str) -> str:
         """Cache key: changes with anything that changes the poisoned data or the model."""
-        return _hash(self.key_material(data_fingerprint))
+        return config_hash(self.key_material(data_fingerprint))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,7 +191,7 @@ class DetectSpec:
             raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
 
     def key(self) -> str:
-        return _hash({"version": KEY_VERSION, **dataclasses.asdict(self)})
+        return config_hash({"version": KEY_VERSION, **dataclasses.asdict(self)})
 
     def filename(self) -> str:
         return f"{self.method}-{self.key()}.json"
@@ -375,7 +370,7 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     spec = RunSpec(**task["spec"])
     data = _load_data(task["data"])
     material = spec.key_material(task["fingerprint"])
-    key = _hash(material)
+    key = config_hash(material)
     d = run_dir(task["cache"], key)
     if task.get("force") and d.exists():
         shutil.rmtree(d)
@@ -627,7 +622,7 @@ def reproduce(
     surrogates: dict[str, RunSpec] = {}
     for rs in runs.values():
         if rs.attack.needs_surrogate:
-            surrogates.setdefault(_hash(rs.surrogate_config().to_dict()), rs)
+            surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
     if surrogates:
         ex.map(execute_surrogate, [{**base, "spec": rs.to_dict()} for rs in surrogates.values()],
                [rs.wants_gpu for rs in surrogates.values()], desc="surrogates")  # fmt: skip

@@ -33,7 +33,7 @@ import numpy as np
 from poisonsift.errors import DataError
 from poisonsift.utils import atomic_write_bytes
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "table_markdown"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -251,7 +251,8 @@ def _html_table(t: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _md_table(t: dict[str, Any]) -> str:
+def table_markdown(t: dict[str, Any]) -> str:
+    """One results table (from ``results.json``) as Markdown: ours, paper and difference per row."""
     header, blocks = _table_rows(t)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for block in blocks:
@@ -345,7 +346,7 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             h.append(f"<p class='note'>Paper: {html.escape(t['note'])}.</p>")
             md += [f"Paper: {t['note']}.", ""]
         h.append(_html_table(t))
-        md += [_md_table(t), ""]
+        md += [table_markdown(t), ""]
         if t["name"] == "fig6" and figs.get("fig6"):
             h.append(f"<img src='{rel(figs['fig6'])}' alt='per-class ASR'>")
             md += [f"![per-class ASR]({rel(figs['fig6'])})", ""]

@@ -14,7 +14,6 @@ half-written artefact, and each step can be re-run on its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -35,7 +34,7 @@ from poisonsift.training import (
     save_checkpoint,
     train,
 )
-from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, default_device
+from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, config_hash, default_device
 
 __all__ = [
     "save_poisoned",
@@ -78,14 +77,10 @@ def load_poisoned(path: str | os.PathLike) -> PoisonedData:
     )  # fmt: skip
 
 
-def _config_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def surrogate_path(data: ImageData, cfg: TrainConfig, cache: Path | None = None) -> Path:
     """Where :func:`surrogate_provider` keeps the surrogate for (data, cfg)."""
     folder = cache or cache_dir() / "surrogates"
-    return folder / f"surrogate-{_config_key(data.fingerprint(), cfg.to_dict())}.pt"
+    return folder / f"surrogate-{config_hash([data.fingerprint(), cfg.to_dict()])}.pt"
 
 
 def surrogate_provider(

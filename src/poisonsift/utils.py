@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,11 @@ __all__ = [
     "progress",
     "default_device",
 ]
+
+
+def config_hash(obj: Any) -> str:
+    """Short, stable cache key of a JSON-able object (sha256 of its sorted JSON, 16 hex digits)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
