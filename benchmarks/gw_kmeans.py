@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--engines", default="pot,fast")
     ap.add_argument("--pot-max", type=int, default=120, help="largest N the POT loop runs on (default 120)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--warm-start", action="store_true", help="both engines warm-start their barycenters (GWKMeansConfig.warm_start)")
+    ap.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                    help="both engines warm-start their barycenters (GWKMeansConfig.warm_start, the default)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     sizes = [int(v) for v in a.n.split(",")]

@@ -115,11 +115,12 @@ def test_warm_started_barycenter_matches_pot(clouds):
     assert np.allclose(C_fast, C_ref, atol=1e-6)
 
 
-def test_warm_start_keeps_the_clusters():
+def test_warm_start_is_the_default_and_keeps_the_clusters():
+    assert GWKMeansConfig().warm_start
     rng = np.random.default_rng(1)
     small = [point_cloud(np.pad(rng.random((3, 3)), 3) + rng.random((9, 9)) * 0.01) for _ in range(5)]
     spread = [point_cloud(rng.random((9, 9)) ** 2) for _ in range(5)]
-    cold = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20), "fast")
+    cold = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20, warm_start=False), "fast")
     warm_pot = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20, warm_start=True, init="compressed"), "pot")
     warm = gw_kmeans(small + spread, GWKMeansConfig(seed=0, bary_max_iter=20, warm_start=True), "fast")
     assert np.array_equal(warm.labels, cold.labels) and np.array_equal(warm.labels, warm_pot.labels)

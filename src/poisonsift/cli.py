@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--engine", default="fast", choices=["pot", "fast"],
                     help="GW engine for hc: fast (batched torch, default) or pot (the paper's POT loop)")
     dt.add_argument("--subset", type=int, default=None, help="hc: cluster a seeded random subset of this size")
-    dt.add_argument("--warm-start", action="store_true",
-                    help="hc: start each GW barycenter from the cluster's previous centre and plans (faster; not the paper's)")
+    dt.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                    help="hc: start each GW barycenter from the cluster's previous centre and plans (default; "
+                         "--no-warm-start: random starts, as the paper's code)")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)

@@ -381,7 +381,7 @@ METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
                   subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None,
-                  warm_start: bool = False):  # fmt: skip
+                  warm_start: bool = True):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)
     if method in ("raw-pca", "raw-ica"):

@@ -183,6 +183,7 @@ class DetectSpec:
     subset: int | None = None
     rule: str = "smaller"
     seed: int = 0
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in DETECT_METHODS:
@@ -424,9 +425,8 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
         if res.get("spec") == dataclasses.asdict(spec):
             return {**res, "path": str(path), "computed": False}
     res = detect_run(task["dir"], spec.method, layer=spec.layer, engine=spec.engine, seed=spec.seed,
-                     subset=spec.subset, rule=spec.rule, device=task.get("device"), out=path)  # fmt: skip
-    res["spec"] = dataclasses.asdict(spec)
-    atomic_write_json(path, res)
+                     subset=spec.subset, rule=spec.rule, device=task.get("device"), out=path,
+                     warm_start=spec.warm_start, extra={"spec": dataclasses.asdict(spec)})  # fmt: skip
     return {**res, "path": str(path), "computed": True}
 
 
@@ -611,7 +611,8 @@ def reproduce(
     if threads is None:
         import torch
 
-        threads = torch.get_num_threads()
+        # A Ray task gets cpus_per_task CPUs: more torch threads would oversubscribe them.
+        threads = getattr(ex, "cpus_per_task", None) or torch.get_num_threads()
     base = {"data": data_path, "fingerprint": fp, "cache": str(cache), "force": force, "device": device,
             "threads": threads}  # fmt: skip
 

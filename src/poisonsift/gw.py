@@ -36,7 +36,7 @@ __all__ = ["GWKMeansConfig", "GWKMeansResult", "GWEngine", "PotEngine", "gw_kmea
 
 @dataclass
 class GWKMeansConfig:
-    """Parameters of GW k-means (defaults: the paper's code)."""
+    """Parameters of GW k-means (defaults: the paper's code, except ``warm_start``)."""
 
     k: int = 2
     epsilon: float = 0.1
@@ -51,10 +51,12 @@ class GWKMeansConfig:
     #: O(n^3) cloud-to-cloud GW); "compressed" first summarises each drawn cloud by its own
     #: ``n_support``-point GW barycenter, so every distance is cloud-to-centre. None: the engine's default.
     init: str | None = None
-    #: Warm starts (beyond the paper; POT's ``init_C`` and ``warmstartT``): each k-means
-    #: iteration starts a cluster's barycenter from its previous centre instead of a random
-    #: one, and each barycenter iteration starts every member's plan from its previous plan.
-    warm_start: bool = False
+    #: Warm starts (on by default; beyond the paper, whose code starts every barycenter at
+    #: random): each k-means iteration starts a cluster's barycenter from its previous centre
+    #: (POT's ``init_C``), and each barycenter iteration starts every member's plan from its
+    #: previous plan (POT's ``warmstartT``). Measured on 2,776 real LRP clouds
+    #: (benchmarks/warm_start.py): 7.3x faster clustering, 100 % identical assignments.
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_support < 1 or self.max_iter < 1:

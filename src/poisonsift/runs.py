@@ -189,7 +189,8 @@ def detect_run(
     rule: str = "smaller",
     device=None,
     out: str | os.PathLike | None = None,
-    warm_start: bool = False,
+    warm_start: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``.
 
@@ -201,6 +202,7 @@ def detect_run(
     beside it (same name, ``.npz``), the per-sample arrays of the class's rows:
     ``rows`` (indices into ``y_train``), ``truth``, ``is_poisoned``, ``scores``,
     ``cluster_labels`` and ``embedding`` ((N, 2), NaN where not available).
+    ``extra`` entries are added to the summary before it is written.
     """
     from poisonsift.defences import build_defence, rank_classes
     from poisonsift.metrics import detection_metrics
@@ -250,6 +252,7 @@ def detect_run(
         summary["ranking"] = ranking
     summary["config"] = {"method": method, "class": cls, "layer": layer, "engine": engine, "subset": subset,
                          "rule": rule, "seed": seed, "warm_start": warm_start}  # fmt: skip
+    summary.update(extra or {})
     path = Path(out) if out is not None else run / f"detection-{method}.json"
     emb = res.embedding if res.embedding is not None else np.full((len(rows), 2), np.nan)
     atomic_write_npz(path.with_suffix(".npz"), rows=rows, truth=truth, is_poisoned=res.is_poisoned,
