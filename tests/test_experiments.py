@@ -217,6 +217,22 @@ def test_ray_executor_gives_the_local_results(tmp_path, tiny_npz):
         assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
 
 
+def test_local_jobs_give_the_serial_results(tmp_path, tiny_npz):
+    table = tiny_table()
+    serial = ex.reproduce([table], data=tiny_npz, out=tmp_path / "a", cache=tmp_path / "ca", report=False, threads=1)
+    pooled = ex.reproduce([table], data=tiny_npz, out=tmp_path / "b", cache=tmp_path / "cb", report=False, jobs=2)
+    assert pooled["computed"] == serial["computed"] and pooled["computed"]["runs"] == len(table.rows)
+    for a, b in zip(serial["tables"]["1"]["rows"], pooled["tables"]["1"]["rows"]):
+        assert a["ours"] == b["ours"]  # 1 thread per unit either way: bit-identical numbers
+
+
+def test_jobs_validation():
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        ex.make_executor("local", jobs=0)
+    with pytest.raises(ConfigError, match="--jobs is for --executor local"):
+        ex.make_executor("ray", jobs=2)
+
+
 def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match="pip install 'poisonsift\\[ray\\]'"):

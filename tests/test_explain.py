@@ -132,3 +132,53 @@ def test_heatmap_cache_hits_and_misses(tmp_path, tiny_data):
         m.fc3.weight.add_(1.0)
     cached_lrp_heatmaps(m, x, y, norm, tmp_path)  # other weights: a new entry
     assert len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def _randomised_bn_model(seed: int = 0) -> SmallInception:
+    torch.manual_seed(seed)
+    model = SmallInception(num_classes=6)
+    for m in model.modules():  # BatchNorm statistics and affine terms a trained model would have
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_nonnegative_input_convs_are_those_after_relu():
+    from poisonsift.explain import nonnegative_input_convs
+
+    names = nonnegative_input_convs(_randomised_bn_model(), "cpu")
+    # the four convolutions that read the image (or its average pool) see negative values
+    reading_image = {"inception.branch1x1.conv", "inception.branch5x5_1.conv", "inception.branch3x3dbl_1.conv",
+                     "inception.branch_pool.conv"}  # fmt: skip
+    convs = {n for n, m in _randomised_bn_model().named_modules() if isinstance(m, nn.Conv2d)}
+    assert names == convs - reading_image
+
+
+def test_two_pass_gamma_equals_zennit_gamma(tiny_data):
+    """The fast composite (two-pass Gamma where inputs are >= 0) gives zennit's EpsilonGammaBox heatmaps."""
+    from poisonsift.explain import _composite
+
+    model = _randomised_bn_model()
+    norm = Normalizer.fit(tiny_data.x_train)
+    x, y = tiny_data.x_train[:24], tiny_data.y_train[:24]
+    ref = lrp_heatmaps(model, x, y, norm, composite=_composite(norm, "cpu", fast_gamma=False))
+    fast = lrp_heatmaps(model, x, y, norm, composite=_composite(norm, "cpu", model))
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    assert np.array_equal(fast, lrp_heatmaps(model, x, y, norm))  # the default
+
+
+def test_two_pass_gamma_refuses_negative_inputs():
+    from zennit.attribution import Gradient
+    from zennit.core import Composite
+
+    from poisonsift.explain import positive_gamma
+
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3))
+    rule = positive_gamma()
+    comp = Composite(module_map=lambda ctx, name, m: rule if isinstance(m, nn.Conv2d) else None)
+    with Gradient(model=conv, composite=comp) as attr, pytest.raises(RuntimeError, match="negative input"):
+        attr(-torch.rand(1, 3, 8, 8).requires_grad_(True), torch.ones_like)

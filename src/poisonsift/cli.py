@@ -200,7 +200,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
-        executor=args.executor, ray_address=args.ray_address, force=args.force, threads=args.threads,
+        executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]
@@ -294,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cache", default=None, help="artefact cache (default: $POISONSIFT_CACHE/experiments)")
     rp.add_argument("--executor", default="local", choices=["local", "ray"])
     rp.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
-    rp.add_argument("--threads", type=int, default=None, help="torch threads per unit (default: this process's)")
+    rp.add_argument("--jobs", type=int, default=1,
+                    help="local executor: units run at once in worker processes (default 1; 2 on 2 cores is ~20%% faster)")
+    rp.add_argument("--threads", type=int, default=None,
+                    help="torch threads per unit (default: this process's; with --jobs N or Ray: CPUs per unit)")
     rp.add_argument("--force", action="store_true", help="recompute every unit instead of using the cache")
     add_json(rp)
     rp.set_defaults(func=cmd_reproduce)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -434,16 +435,39 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
 
 
 class LocalExecutor:
-    """Runs the units one after the other in this process."""
+    """Runs the units on this machine: one after the other in this process (``jobs=1``),
+    or ``jobs`` at a time in worker processes.
+
+    Two 1-thread trainings side by side do more work than one 2-thread training
+    (measured on 2 CPU cores: 317 against 262 images/s), so ``jobs`` = the number
+    of cores, with one torch thread per unit, finishes a stage of several units sooner.
+    """
 
     name = "local"
 
+    def __init__(self, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+        self.cpus_per_task = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
     def map(self, fn: Callable[[dict], Any], tasks: list[dict], gpu: list[bool] | None = None, desc: str = "") -> list:
-        out = []
+        out: list[Any] = [None] * len(tasks)
         with progress(total=len(tasks), desc=desc or "units", unit="unit") as bar:
-            for t in tasks:
-                out.append(fn(t))
-                bar.update(1)
+            if self.jobs == 1 or len(tasks) <= 1:
+                for i, t in enumerate(tasks):
+                    out[i] = fn(t)
+                    bar.update(1)
+                return out
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            # spawn: a fresh interpreter per worker (fork would copy torch's thread pools).
+            with cf.ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+                for f in cf.as_completed(futures):
+                    out[futures[f]] = f.result()
+                    bar.update(1)
         return out
 
 
@@ -491,11 +515,13 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def make_executor(name: str, address: str | None = None, num_cpus: int | None = None):
+def make_executor(name: str, address: str | None = None, num_cpus: int | None = None, jobs: int = 1):
     if name == "local":
         if address:
             raise ConfigError("--ray-address needs --executor ray")
-        return LocalExecutor()
+        return LocalExecutor(jobs)
+    if jobs != 1:
+        raise ConfigError("--jobs is for --executor local; Ray runs as many tasks as its CPUs allow")
     if name == "ray":
         return RayExecutor(address, num_cpus)
     raise ConfigError(f"unknown executor {name!r}; use local or ray")
@@ -585,6 +611,7 @@ def reproduce(
     cache: str | Path | None = None,
     executor: str | Any = "local",
     ray_address: str | None = None,
+    jobs: int = 1,
     force: bool = False,
     device: str | None = None,
     threads: int | None = None,
@@ -607,11 +634,11 @@ def reproduce(
     cache = Path(cache) if cache is not None else cache_dir() / "experiments"
     cache.mkdir(parents=True, exist_ok=True)
     data_path, fp = _data_file(data, cache)
-    ex = make_executor(executor, ray_address) if isinstance(executor, str) else executor
+    ex = make_executor(executor, ray_address, jobs=jobs) if isinstance(executor, str) else executor
     if threads is None:
         import torch
 
-        # A Ray task gets cpus_per_task CPUs: more torch threads would oversubscribe them.
+        # A Ray task or a local job gets cpus_per_task CPUs: more torch threads would oversubscribe them.
         threads = getattr(ex, "cpus_per_task", None) or torch.get_num_threads()
     base = {"data": data_path, "fingerprint": fp, "cache": str(cache), "force": force, "device": device,
             "threads": threads}  # fmt: skip
