@@ -141,7 +141,7 @@ def test_same_clusters_as_pot_on_200_real_lrp_heatmaps(gtsrb_data):
     rng = np.random.default_rng(0)
     pick = rng.choice(len(d.y_train), 6000, replace=False)
     res = train(d.x_train[pick], d.y_train[pick], 43, get_preset("cpu", max_steps=80, seed=0),
-                groups=d.groups[pick], device="cpu")  # fmt: skip
+                groups=d.group_train[pick], device="cpu")  # fmt: skip
     rows = rng.choice(np.flatnonzero(d.y_train == 2), 200, replace=False)
     x = d.x_train[rows]
     poisoned = rng.random(200) < 1 / 3
