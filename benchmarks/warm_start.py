@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poisonsift.defences import ClusterRule, _result_from_distances
+from poisonsift.defences import ClusterRule, result_from_distances
 from poisonsift.explain import cached_lrp_heatmaps, point_clouds
 from poisonsift.gw import GWKMeansConfig, gw_kmeans
 from poisonsift.metrics import detection_metrics
@@ -43,7 +43,7 @@ def main() -> None:
         t = time.perf_counter()
         km = gw_kmeans(clouds, GWKMeansConfig(seed=a.seed, warm_start=name == "warm"), a.engine)
         secs = time.perf_counter() - t
-        res = _result_from_distances(km.distances, ClusterRule(), None, {})
+        res = result_from_distances(km.distances, ClusterRule())
         m = detection_metrics(truth, res.is_poisoned, res.scores)
         out[name] = {"seconds": secs, "n_iter": km.n_iter, "labels": km.labels,
                      **{k: m[k] for k in ("acc", "tpr", "tnr", "auroc")}}  # fmt: skip

@@ -42,6 +42,7 @@ from poisonsift.training import Normalizer
 
 __all__ = [
     "ClusterRule",
+    "result_from_distances",
     "DetectionResult",
     "RawClustering",
     "RawConfig",
@@ -140,7 +141,14 @@ def decide(dist: np.ndarray, rule: ClusterRule, silhouette: float | None) -> tup
     return labels, poisoned, bool(poisoned), analysis
 
 
-def _result_from_distances(dist: np.ndarray, rule: ClusterRule, silhouette, seconds) -> DetectionResult:
+def result_from_distances(dist: np.ndarray, rule: ClusterRule, silhouette: float | None = None,
+                          seconds: dict[str, float] | None = None) -> DetectionResult:  # fmt: skip
+    """The decision of ``rule`` on a clustering given as (N, k) distances of each sample to each centre.
+
+    Clusters are the nearest centres. With k = 2 the score of a sample is its distance to
+    the clean centre minus its distance to the poisoned one (higher: more likely poisoned).
+    """
+    seconds = {} if seconds is None else seconds
     labels, poisoned, suspicious, analysis = decide(dist, rule, silhouette)
     sizes = np.bincount(labels, minlength=dist.shape[1]).tolist()
     target = poisoned[0] if poisoned else int(np.argmin(sizes))
@@ -169,7 +177,7 @@ def _kmeans_split(z: np.ndarray, seed: int, rule: ClusterRule, seconds: dict) ->
     dist = km.transform(z)
     sil = float(silhouette_score(z, km.labels_)) if len(set(km.labels_)) == 2 else 0.0
     seconds["clustering"] = time.perf_counter() - t
-    res = _result_from_distances(dist, rule, sil, seconds)
+    res = result_from_distances(dist, rule, sil, seconds)
     res.embedding = _view2d(z)
     return res
 
@@ -324,7 +332,7 @@ class HeatmapClustering(_Base):
         km = gw_kmeans(clouds, cfg.gw, cfg.engine)
         seconds["clustering"] = time.perf_counter() - t
         sil = _silhouette_from_centres(km.distances, km.labels)
-        sub = _result_from_distances(km.distances, cfg.rule, sil, seconds)
+        sub = result_from_distances(km.distances, cfg.rule, sil, seconds)
         view = _view2d(km.distances)
         if len(idx) == len(images):
             sub.analysis["n_iter"] = km.n_iter
