@@ -228,7 +228,7 @@ class ACConfig:
     layer: str = DEFAULT_HIDDEN_LAYER
     n_components: int = 10
     seed: int = 0
-    batch_size: int = 512
+    batch_size: int = 64  # inference on CPU: 64 is ~1.7x faster than 512 (cache), same activations
     rule: ClusterRule = field(default_factory=ClusterRule)
 
 
@@ -261,7 +261,7 @@ class SpectralConfig:
 
     layer: str = DEFAULT_HIDDEN_LAYER
     eps_hat: float = 0.33
-    batch_size: int = 512
+    batch_size: int = 64
 
 
 class SpectralSignatures(_Base):

@@ -168,12 +168,15 @@ def predict(
     model: nn.Module,
     images: np.ndarray,
     normalizer: Normalizer,
-    batch_size: int = 1024,
+    batch_size: int = 64,
     device: torch.device | None = None,
     return_logits: bool = False,
     desc: str | None = None,
 ) -> np.ndarray:
-    """Predicted labels (N,) int64 (or logits (N, K) float32) for (N, 32, 32, 3) uint8 images."""
+    """Predicted labels (N,) int64 (or logits (N, K) float32) for (N, 32, 32, 3) uint8 images.
+
+    Batches of 64: on 2 CPU cores 2.5x faster than 1024 (6.8 s against 17 s for 3,072 images).
+    """
     device = device or next(model.parameters()).device
     model.eval()
     out = []
