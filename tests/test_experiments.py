@@ -218,8 +218,12 @@ def test_ray_executor_gives_the_local_results(tmp_path, tiny_npz):
 
 
 def test_local_jobs_give_the_serial_results(tmp_path, tiny_npz):
+    import torch
+
     table = tiny_table()
+    before = torch.get_num_threads()
     serial = ex.reproduce([table], data=tiny_npz, out=tmp_path / "a", cache=tmp_path / "ca", report=False, threads=1)
+    assert torch.get_num_threads() == before  # units restore the caller's thread count
     pooled = ex.reproduce([table], data=tiny_npz, out=tmp_path / "b", cache=tmp_path / "cb", report=False, jobs=2)
     assert pooled["computed"] == serial["computed"] and pooled["computed"]["runs"] == len(table.rows)
     for a, b in zip(serial["tables"]["1"]["rows"], pooled["tables"]["1"]["rows"]):

@@ -33,6 +33,7 @@ Choices where the paper is silent (stated once here):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -333,20 +334,34 @@ def _load_data(path: str):
     return load_npz(path)
 
 
-def _set_threads(task: dict[str, Any]) -> None:
-    # Every unit runs with the same torch thread count wherever it runs, so the local and
-    # Ray executors give bit-identical numbers (reductions depend on the thread split).
-    if task.get("threads"):
+def _unit(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """Run a unit with ``task["threads"]`` torch threads and restore the caller's count after.
+
+    Every unit runs with the same thread count wherever it runs, so the local and Ray
+    executors give bit-identical numbers (reductions depend on the thread split); the
+    restore keeps an in-process run from changing the caller's torch settings.
+    """
+
+    @functools.wraps(fn)
+    def run(task: dict[str, Any]) -> Any:
         import torch
 
-        torch.set_num_threads(int(task["threads"]))
+        before = torch.get_num_threads()
+        if task.get("threads"):
+            torch.set_num_threads(int(task["threads"]))
+        try:
+            return fn(task)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
 
 
+@_unit
 def execute_surrogate(task: dict[str, Any]) -> str:
     """Train (or find) the clean surrogate of ``task["spec"]``; returns its checkpoint path."""
     from poisonsift.runs import surrogate_path, surrogate_provider
 
-    _set_threads(task)
     spec = RunSpec(**task["spec"])
     data = _load_data(task["data"])
     folder = Path(task["cache"]) / "surrogates"
@@ -361,6 +376,7 @@ def run_dir(cache: str | Path, key: str) -> Path:
     return Path(cache) / "runs" / key
 
 
+@_unit
 def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     """Poison -> train -> evaluate one :class:`RunSpec`, skipping every step whose artefact exists.
 
@@ -368,7 +384,6 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     """
     from poisonsift.runs import evaluate_run, poison_run, read_json, surrogate_provider, train_run
 
-    _set_threads(task)
     spec = RunSpec(**task["spec"])
     data = _load_data(task["data"])
     material = spec.key_material(task["fingerprint"])
@@ -411,11 +426,11 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
             "seconds": timings, "computed": computed}  # fmt: skip
 
 
+@_unit
 def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
     """One :class:`DetectSpec` on the attacked class of the run in ``task["dir"]`` (cached in its ``detections/``)."""
     from poisonsift.runs import detect_run, read_json
 
-    _set_threads(task)
     spec = DetectSpec(**task["detect"])
     path = Path(task["dir"]) / "detections" / spec.filename()
     if task.get("force"):
