@@ -136,7 +136,6 @@ def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
     Found by a probe: a forward pass of wide N(0, 3^2) noise, which drives every input
     that can be negative below zero; a structurally non-negative input stays >= 0.
     """
-    names: set[str] = set()
     seen: dict[str, bool] = {}
     hooks = []
     for name, m in model.named_modules():
@@ -153,8 +152,7 @@ def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    names.update(n for n, ok in seen.items() if ok)
-    return names
+    return {n for n, ok in seen.items() if ok}
 
 
 def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = None, fast_gamma: bool = True):
