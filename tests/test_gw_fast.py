@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from poisonsift.explain import point_cloud
-from poisonsift.gw import GWKMeansConfig, PotEngine, gw_kmeans
-from poisonsift.gw_fast import FastEngine, GridClouds
+from poisonsift.errors import DataError
+from poisonsift.gw import GWKMeansConfig, PotEngine, gw_kmeans, gw_mds
+from poisonsift.gw_fast import FastEngine, GridClouds, constant_value, pairwise_gw
 
 
 def clouds_from(rng, n=6, size=12, power=6):
@@ -161,3 +162,71 @@ def test_same_clusters_as_pot_on_200_real_lrp_heatmaps(gtsrb_data):
     for j in range(2):
         if np.sum(a.labels == j) >= 5:
             assert np.allclose(a.distances[:, j], b.distances[:, j], rtol=1e-4)
+
+
+def test_constant_space_in_closed_form_equals_the_iterations(clouds):
+    """Against c 1 1' the closed form gives what the PGD iterations (and POT) give."""
+    cfg = GWKMeansConfig()
+    m = cfg.n_support
+    centre = (np.full((m, m), 0.4), np.full(m, 1.0 / m))
+    closed = FastEngine(device="cpu", gemm_dtype=None).distances(clouds, centre, cfg)
+    iterated = FastEngine(device="cpu", gemm_dtype=None, closed_form=False).distances(clouds, centre, cfg)
+    ref = PotEngine().distances(clouds, centre, cfg)
+    assert np.allclose(closed, iterated, rtol=1e-9) and np.allclose(closed, ref, rtol=1e-9)
+    for c, d in zip(clouds, closed):  # E[(d - c)^2] over pairs of points drawn from p
+        assert d == pytest.approx(c.p @ (c.C - 0.4) ** 2 @ c.p, rel=1e-12)
+    assert constant_value(torch.full((1, m, m), 0.4)).item()
+    assert not constant_value(torch.as_tensor(centre[0] + np.eye(m) * 1e-6)[None]).item()
+
+
+def test_constant_barycenter_in_closed_form_equals_the_iterations(clouds):
+    cfg = GWKMeansConfig(bary_max_iter=30)
+    m = cfg.n_support
+    init = np.full((m, m), 0.3)
+    ref, _ = PotEngine().barycenter(clouds, cfg, seed=0, init=init)
+    closed, _ = FastEngine(device="cpu").barycenter(clouds, cfg, seed=0, init=init)
+    iterated, _ = FastEngine(device="cpu", closed_form=False).barycenter(clouds, cfg, seed=0, init=init)
+    assert np.allclose(closed, ref, atol=1e-8) and np.allclose(closed, iterated, atol=1e-8)
+    assert closed[0, 0] == pytest.approx(np.mean([c.p @ c.C @ c.p for c in clouds]), rel=1e-12)
+
+
+def test_compress_is_a_one_member_barycenter_for_many_clouds_at_once(clouds):
+    cfg = GWKMeansConfig(bary_max_iter=30)
+    eng = FastEngine(device="cpu", chunk=4)  # two chunks
+    many = eng.compress(clouds, cfg, seed=3)
+    assert many.shape == (len(clouds), cfg.n_support, cfg.n_support)
+    ref = PotEngine().compress(clouds, cfg, seed=3)
+    assert np.allclose(many, ref, atol=1e-6)
+    for i in (0, 5):
+        one, _ = eng.barycenter(clouds, cfg, seed=3, index=np.array([i]))
+        assert np.allclose(many[i], one, atol=1e-7)
+
+
+def test_pairwise_gw_matches_pot():
+    rng = np.random.default_rng(2)
+    pts = [rng.random((6, 2)) * s for s in (1, 1, 1.5, 2)]
+    C = np.stack([np.linalg.norm(x[:, None] - x[None], axis=-1) for x in pts]) / 2  # largest distances ~1, as clouds
+    p = rng.random((4, 6)) + 0.1
+    p /= p.sum(1, keepdims=True)
+    got = pairwise_gw(C, p, epsilon=0.1, chunk=4)  # two chunks of pairs
+    for i in range(4):
+        for j in range(4):
+            ref = 0.0 if i == j else ot.gromov.entropic_gromov_wasserstein2(C[i], C[j], p[i], p[j], "square_loss", epsilon=0.1)
+            assert got[i, j] == pytest.approx(ref, rel=1e-6, abs=1e-15)
+
+
+def test_gw_mds_view_separates_planted_groups_and_is_seeded():
+    rng = np.random.default_rng(0)
+    spread = [point_cloud(rng.random((9, 9)) ** 2) for _ in range(12)]
+    focused = [point_cloud(np.pad(rng.random((2, 2)) + 5, ((3, 4), (3, 4))) + rng.random((9, 9)) * 0.01) for _ in range(8)]
+    clouds = spread + focused
+    cfg = GWKMeansConfig(bary_max_iter=30)
+    idx, emb, cen = gw_mds(clouds, cfg, "fast", n=15, seed=1, centres=[(np.full((10, 10), 0.5), np.full(10, 0.1))])
+    assert idx.shape == (15,) and emb.shape == (15, 2) and cen.shape == (1, 2) and np.isfinite(emb).all()
+    idx2, emb2, _ = gw_mds(clouds, cfg, "fast", n=15, seed=1, centres=[(np.full((10, 10), 0.5), np.full(10, 0.1))])
+    assert np.array_equal(idx, idx2) and np.allclose(emb, emb2)
+    group = idx >= 12
+    a, b = emb[group, 0], emb[~group, 0]
+    assert a.max() < b.min() or b.max() < a.min()  # the first MDS axis separates the groups
+    with pytest.raises(DataError, match="at least 3"):
+        gw_mds(clouds[:2], cfg, "fast")

@@ -31,7 +31,7 @@ from poisonsift.errors import ConfigError, DataError
 from poisonsift.explain import PointCloud
 from poisonsift.utils import progress
 
-__all__ = ["GWKMeansConfig", "GWKMeansResult", "GWEngine", "PotEngine", "gw_kmeans", "get_engine"]
+__all__ = ["GWKMeansConfig", "GWKMeansResult", "GWEngine", "PotEngine", "gw_kmeans", "gw_mds", "get_engine"]
 
 
 @dataclass
@@ -85,6 +85,9 @@ class GWEngine(Protocol):
         """Entropic GW barycenter (C (m, m), p (m,)) of the clouds at ``index`` (all by default),
         starting from ``init`` (m, m) if given, else from POT's random structure seeded by ``seed``."""
 
+    def compress(self, clouds: Any, cfg: GWKMeansConfig, seed: int, index: np.ndarray | None = None) -> np.ndarray:
+        """(B, m, m): each cloud at ``index`` (all by default) alone summarised by its own barycenter."""
+
 
 class PotEngine:
     """Reference engine: POT, one pair at a time (float64)."""
@@ -120,6 +123,10 @@ class PotEngine:
             warmstartT=cfg.warm_start,
         )  # fmt: skip
         return np.asarray(C, dtype=np.float64), np.full(m, 1.0 / m)
+
+    def compress(self, clouds, cfg, seed, index=None):
+        index = np.arange(len(clouds)) if index is None else index
+        return np.stack([self.barycenter(clouds, cfg, seed, index=np.array([i]))[0] for i in index])
 
 
 ENGINE_NAMES = ("pot", "fast")
@@ -210,3 +217,42 @@ def gw_kmeans(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | G
                 break
             labels = new
     return GWKMeansResult(labels, dist.copy(), centres, it, {"init": t_init, "iterations": time.perf_counter() - t0 - t_init})
+
+
+def gw_mds(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | GWEngine = "fast", n: int = 300,
+           seed: int = 0, centres: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """A 2-D metric MDS embedding of the clouds' pairwise GW distances, for plots.
+
+    All pairwise GW between full clouds would be O(N^2) solves of O(n^3) each
+    (hours for one class); instead a seeded subset of ``n`` clouds is
+    compressed to ``cfg.n_support`` points each (its own GW barycenter, as the
+    ``compressed`` k-means++ seeding does), the entropic GW values between all
+    pairs of compressions (and the k-means ``centres``, which live in the same
+    space) are computed in one batch (:func:`poisonsift.gw_fast.pairwise_gw`),
+    and scikit-learn's SMACOF embeds the GW distances (square roots of the
+    square-loss values) from a classical-MDS start.
+
+    Returns (index (S,) of the embedded clouds, sorted; embedding (S, 2);
+    centre embedding (len(centres), 2)).
+    """
+    from sklearn.manifold import MDS
+
+    from poisonsift.gw_fast import pairwise_gw
+
+    eng = get_engine(engine) if isinstance(engine, str) else engine
+    N = len(clouds)
+    idx = np.arange(N) if n >= N else np.sort(np.random.default_rng(seed).choice(N, n, replace=False))
+    if len(idx) + len(centres) < 3:
+        raise DataError(f"an MDS view needs at least 3 spaces, got {len(idx) + len(centres)}")
+    m = cfg.n_support
+    Cs = [eng.compress(eng.prepare([clouds[i] for i in idx]), cfg, seed=cfg.seed)]
+    ps = [np.full((len(idx), m), 1.0 / m)]
+    for C, p in centres:
+        if C.shape != (m, m):
+            raise DataError(f"centres must have {m} support points, got {C.shape[0]}")
+        Cs.append(np.asarray(C)[None])
+        ps.append(np.asarray(p)[None])
+    gw2 = pairwise_gw(np.concatenate(Cs), np.concatenate(ps), cfg.epsilon, cfg.gw_max_iter, cfg.gw_tol)
+    dist = np.sqrt(np.maximum(gw2, 0.0))
+    emb = MDS(n_components=2, metric="precomputed", init="classical_mds", random_state=seed).fit_transform(dist)
+    return idx, emb[: len(idx)], emb[len(idx) :]
