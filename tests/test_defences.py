@@ -90,7 +90,13 @@ def test_hc_runs_on_any_model_and_is_deterministic():
     b = HeatmapClustering(cfg).detect(conv_net, x, y)
     assert a.cluster_labels.shape == (10,) and np.isfinite(a.scores).all()
     assert np.array_equal(a.is_poisoned, b.is_poisoned)
-    assert set(a.seconds) == {"lrp", "clouds", "clustering"}
+    assert set(a.seconds) == {"lrp", "clouds", "clustering", "view"}
+    # The view: an MDS of GW distances of every cloud (10 < 300) and the two centres, seeded.
+    assert a.embedding.shape == (10, 2) and np.isfinite(a.embedding).all() and np.allclose(a.embedding, b.embedding)
+    assert a.analysis["view"]["kind"] == "mds-gw" and np.shape(a.analysis["view"]["centres"]) == (2, 2)
+    cheap = HeatmapClustering(HCConfig(gw=cfg.gw, view_samples=0)).detect(conv_net, x, y)
+    assert "view" not in cheap.seconds and np.array_equal(cheap.is_poisoned, a.is_poisoned)
+    assert (cheap.embedding >= 0).all() and "view" not in cheap.analysis  # GW distances to the two centres
 
 
 def test_bad_inputs():

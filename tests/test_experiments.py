@@ -112,6 +112,11 @@ def test_run_keys_change_with_every_parameter_and_only_then():
     assert lc.key(fp) != RunSpec(AttackSpec("label-consistent", 0.33, surrogate_epochs=1)).key(fp)
     assert RunSpec(AttackSpec("standard", 0.33)).key(fp) == RunSpec(AttackSpec("standard", 0.33, surrogate_epochs=1)).key(fp)
     assert DetectSpec("ac").key() == DetectSpec("ac").key() != DetectSpec("ac", layer="relu_fc1").key()
+    # HC's view size is part of HC keys only: an AC result stays cached when it changes.
+    assert DetectSpec("hc").key() != DetectSpec("hc", view_samples=0).key()
+    assert DetectSpec("ac").key() == DetectSpec("ac", view_samples=0).key()
+    with pytest.raises(ConfigError, match="view_samples"):
+        DetectSpec("hc", view_samples=-1)
 
 
 def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):

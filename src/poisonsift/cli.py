@@ -133,6 +133,16 @@ def _class_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--class must be a class index or 'auto', got {text!r}") from None
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _tables_arg(text: str) -> list[str]:
     from poisonsift.experiments import TABLES
 
@@ -155,7 +165,8 @@ def cmd_detect(args: argparse.Namespace) -> None:
     from poisonsift.runs import detect_run
 
     d = detect_run(args.run, args.method, cls=args.cls, layer=args.layer, engine=args.engine, seed=args.seed,
-                   subset=args.subset, rule=args.rule, warm_start=args.warm_start)  # fmt: skip
+                   subset=args.subset, rule=args.rule, warm_start=args.warm_start,
+                   view_samples=args.view_samples)  # fmt: skip
     human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
     if "ranking" in d:
         top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
@@ -278,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
                     help="hc: start each GW barycenter from the cluster's previous centre and plans (default; "
                          "--no-warm-start: random starts, as the paper's code)")
+    dt.add_argument("--view-samples", type=_nonnegative_int, default=300,
+                    help="hc: clouds in the MDS view of GW distances written to the .npz 'embedding' "
+                         "(default 300; 0: GW distances to the two centres instead, no extra cost)")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)

@@ -36,7 +36,7 @@ from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.explain import activations, cached_lrp_heatmaps, point_clouds
-from poisonsift.gw import GWKMeansConfig, gw_kmeans
+from poisonsift.gw import GWKMeansConfig, gw_kmeans, gw_mds
 from poisonsift.models import DEFAULT_HIDDEN_LAYER
 from poisonsift.training import Normalizer
 
@@ -309,6 +309,11 @@ class HCConfig:
     fallback: str = "uniform"
     rule: ClusterRule = field(default_factory=ClusterRule)
     cache_dir: str | None = None  # where LRP heatmaps are cached (keyed by model, images, labels)
+    #: clouds in the 2-D view (``DetectionResult.embedding``): an MDS embedding of GW distances
+    #: (:func:`poisonsift.gw.gw_mds`) of a seeded subset of this many clustered clouds and the k
+    #: centres, always with the fast engine (a plot, not a decision); 0: each cloud's GW distances
+    #: to the two centres instead (no extra cost).
+    view_samples: int = 300
 
 
 class HeatmapClustering(_Base):
@@ -334,6 +339,13 @@ class HeatmapClustering(_Base):
         sil = _silhouette_from_centres(km.distances, km.labels)
         sub = result_from_distances(km.distances, cfg.rule, sil, seconds)
         view = _view2d(km.distances)
+        if cfg.view_samples > 0 and len(clouds) + cfg.gw.k >= 3:
+            t = time.perf_counter()
+            shown, emb, centre_emb = gw_mds(clouds, cfg.gw, "fast", cfg.view_samples, cfg.gw.seed, km.centres)
+            view = np.full((len(clouds), 2), np.nan)
+            view[shown] = emb
+            sub.analysis["view"] = {"kind": "mds-gw", "n": len(shown), "centres": centre_emb.tolist()}
+            seconds["view"] = time.perf_counter() - t
         if len(idx) == len(images):
             sub.analysis["n_iter"] = km.n_iter
             sub.embedding = view
@@ -389,7 +401,7 @@ METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
                   subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None,
-                  warm_start: bool = True):  # fmt: skip
+                  warm_start: bool = True, view_samples: int = 300):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)
     if method in ("raw-pca", "raw-ica"):
@@ -399,7 +411,8 @@ def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: 
         return ActivationClustering(ACConfig(layer=layer, seed=seed, rule=r))
     if method == "spectral":
         return SpectralSignatures(SpectralConfig(layer=layer))
-    hc = HCConfig(gw=GWKMeansConfig(seed=seed, warm_start=warm_start), engine=engine, subset=subset, rule=r, cache_dir=cache_dir)
+    hc = HCConfig(gw=GWKMeansConfig(seed=seed, warm_start=warm_start), engine=engine, subset=subset, rule=r,
+                  cache_dir=cache_dir, view_samples=view_samples)  # fmt: skip
     if method == "hc":
         return HeatmapClustering(hc)
     if method == "ac-hc":

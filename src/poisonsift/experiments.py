@@ -186,15 +186,21 @@ class DetectSpec:
     rule: str = "smaller"
     seed: int = 0
     warm_start: bool = True
+    view_samples: int = 300  # HC's MDS view (HCConfig.view_samples); part of HC keys only
 
     def __post_init__(self) -> None:
         if self.method not in DETECT_METHODS:
             raise ConfigError(f"unknown detection method {self.method!r}; use one of {', '.join(DETECT_METHODS)}")
         if self.subset is not None and self.subset < 2:
             raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
+        if self.view_samples < 0:
+            raise ConfigError(f"view_samples must be >= 0, got {self.view_samples}")
 
     def key(self) -> str:
-        return config_hash({"version": KEY_VERSION, **dataclasses.asdict(self)})
+        fields = dataclasses.asdict(self)
+        if self.method not in ("hc", "ac-hc"):
+            del fields["view_samples"]  # no effect on other defences: their cached results stay valid
+        return config_hash({"version": KEY_VERSION, **fields})
 
     def filename(self) -> str:
         return f"{self.method}-{self.key()}.json"
@@ -442,7 +448,8 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
             return {**res, "path": str(path), "computed": False}
     res = detect_run(task["dir"], spec.method, layer=spec.layer, engine=spec.engine, seed=spec.seed,
                      subset=spec.subset, rule=spec.rule, device=task.get("device"), out=path,
-                     warm_start=spec.warm_start, extra={"spec": dataclasses.asdict(spec)})  # fmt: skip
+                     warm_start=spec.warm_start, view_samples=spec.view_samples,
+                     extra={"spec": dataclasses.asdict(spec)})  # fmt: skip
     return {**res, "path": str(path), "computed": True}
 
 

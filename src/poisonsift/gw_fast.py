@@ -200,7 +200,7 @@ def pairwise_gw(C: np.ndarray, p: np.ndarray, epsilon: float, max_iter: int = 10
     return out.numpy()
 
 
-def constant_value(C: torch.Tensor, atol: float = 1e-9) -> torch.Tensor:
+def constant_value(C: torch.Tensor, atol: float = 1e-8) -> torch.Tensor:
     """(B,) bool for C (B, m, m): is every entry (the diagonal too) within ``atol`` of one value?
 
     Against such a "constant" space (c 1 1') entropic GW needs no iterations: the

@@ -11,8 +11,13 @@ and writes into ``DIR``:
   heatmap and its top-99 % point cloud (as the paper's Figures 3-4);
 * a 2-D view of each defence's clusters coloured by ground truth: the first two
   PCA components of the activations (AC, SS) or of the pixels (raw PCA / ICA), and
-  for HC the entropic GW distances to the two cluster centres (the k-means
-  geometry itself: an MDS of all pairwise GW distances would cost O(N^2) GW solves);
+  for HC a metric MDS embedding of GW distances (:func:`poisonsift.gw.gw_mds`: a
+  seeded subset of clouds, each compressed to its own barycenter, and the k-means
+  centres, drawn as stars). Where the GW geometry is one-dimensional - at the
+  default epsilon every compression is a constant space c 1 1', so GW between two
+  of them is (c - c')^2 - the second MDS axis carries nothing and is replaced by a
+  labelled random jitter; detections without an MDS view show each cloud's GW
+  distances to the two centres;
 * seconds per stage.
 
 Figures are PNG files in ``DIR/figures/``; the page needs no network. The HTML
@@ -151,7 +156,15 @@ def _fig_heatmaps(run: str, figdir: Path) -> Path | None:
 _VIEW_AXES = {
     "hc": ("GW distance to centre 0", "GW distance to centre 1"),
     "ac-hc": ("GW distance to centre 0", "GW distance to centre 1"),
+    "mds-gw": ("MDS 1 of GW distances", "MDS 2 of GW distances"),
 }
+
+
+def _flat_second_axis(emb: np.ndarray, centres: np.ndarray) -> bool:
+    """True when the second coordinate spreads less than 1e-6 of the first (a 1-D MDS)."""
+    pts = np.concatenate([emb, centres]) if len(centres) else emb
+    spread = np.ptp(pts, axis=0)
+    return bool(spread[1] <= 1e-6 * max(spread[0], 1e-300))
 
 
 def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path | None:
@@ -169,15 +182,25 @@ def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path |
         ok = np.isfinite(emb).all(1)
         if ok.sum() == 0:
             continue
-        panels.append((alias, meta.get("method", alias), emb[ok], truth[ok], flag[ok]))
+        view = meta.get("view") or {}
+        centres = np.asarray(view.get("centres", []), dtype=float).reshape(-1, 2)
+        panels.append((alias, meta.get("method", alias), view.get("kind"), emb[ok], truth[ok], flag[ok], centres))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
-    for ax, (alias, method, emb, truth, flag) in zip(axes[0], panels):
+    for ax, (alias, method, kind, emb, truth, flag, centres) in zip(axes[0], panels):
+        xl, yl = _VIEW_AXES.get(kind or method, ("component 1", "component 2"))
+        if kind == "mds-gw" and _flat_second_axis(emb, centres):
+            rng = np.random.default_rng(0)  # a 1-D embedding: spread it out so that the points are visible
+            emb = np.column_stack([emb[:, 0], rng.uniform(-1, 1, len(emb))])
+            centres = np.column_stack([centres[:, 0], np.zeros(len(centres))])
+            yl = "random jitter (the GW view is 1-D)"
         ax.scatter(emb[~truth, 0], emb[~truth, 1], s=5, c="#1f77b4", alpha=0.6, label="clean")
         ax.scatter(emb[truth, 0], emb[truth, 1], s=5, c="#d62728", alpha=0.6, label="poisoned")
         ax.scatter(emb[flag, 0], emb[flag, 1], s=22, facecolors="none", edgecolors="k", linewidths=0.3, label="flagged")
-        xl, yl = _VIEW_AXES.get(method, ("component 1", "component 2"))
+        if len(centres):
+            ax.scatter(centres[:, 0], centres[:, 1], s=120, marker="*", c="#ffbf00", edgecolors="k", linewidths=0.6,
+                       label="k-means centres")  # fmt: skip
         ax.set_xlabel(xl, fontsize=8)
         ax.set_ylabel(yl, fontsize=8)
         ax.set_title(f"{alias} ({method})", fontsize=9)
