@@ -376,7 +376,7 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
         for i, r in enumerate(t["rows"]):
             p = figs.get(f"clusters-{t['name']}-{i}")
             if p:
-                cap = f"clusters, {_label(r)} (first run): blue clean, red poisoned, ringed = flagged"
+                cap = f"clusters, {_label(r)} (first run): blue clean, red poisoned, ringed = flagged; HC: stars = its k-means centres"
                 h.append(f"<figure><img src='{rel(p)}' alt='{html.escape(cap)}'><figcaption class='note'>{html.escape(cap)}</figcaption></figure>")
                 md += [f"![{cap}]({rel(p)})", ""]
     if figs.get("examples"):
