@@ -90,44 +90,73 @@ def activations(
     return torch.cat(feats).numpy()
 
 
-def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
-    """zennit's ``Gamma`` rule for a layer whose inputs are never negative, in two passes.
+class _PositiveGammaConv(torch.autograd.Function):
+    """Forward: the convolution's output z, unchanged. Backward: the Gamma rule's relevance.
 
-    zennit's generalised ``Gamma`` runs five modified forward passes and five
-    backward passes per layer (inputs split by sign, weights by sign, plus the
-    plain output for the sign mask). With x >= 0 (a convolution after a ReLU or a
-    max-pool of one) the negative-input passes are zero, and with P = W+ x + b+,
-    N = W- x + b- everything left follows from two passes:
+    With x >= 0, P = W+ x + b+ and N = W- x + b- = z - P (so one extra convolution), and
 
-        z = P + N,  z+ = (1+g) P + N,  z- = P + (1+g) N,
-        a = [z > 0] R / z+,  c = [z < 0] R / z-,
+        a = [z > 0] R / (z+ = (1+g) P + N),   c = [z < 0] R / (z- = P + (1+g) N),
         R_in = x * (W+' ((1+g) a + c) + W-' (a + (1+g) c)),
 
-    which is the Gamma rule's (W + g W+)' a + (W + g W-)' c regrouped. Tested
-    against zennit's ``Gamma`` (tests/test_explain.py). A negative input is an error.
+    which is zennit's generalised ``Gamma`` (W + g W+)' a + (W + g W-)' c regrouped.
     """
-    from zennit.core import BasicHook, Stabilizer
 
-    stab = Stabilizer.ensure(stabilizer)
-
-    def mapper(out_grad, outputs):
-        pos, neg = outputs
-        z = pos + neg
-        a = (z > 0) * out_grad / stab((1 + gamma) * pos + neg)
-        c = (z < 0) * out_grad / stab(pos + (1 + gamma) * neg)
-        return [(1 + gamma) * a + c, a + (1 + gamma) * c]
-
-    def reducer(inputs, gradients):
-        if bool((inputs[0] < 0).any()):
+    @staticmethod
+    def forward(ctx, x, z, conv, gamma, stab):
+        if bool((x < 0).any()):
             raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
-        return inputs[0] * gradients[0] + inputs[1] * gradients[1]
+        w_pos = conv.weight.clamp(min=0)
+        b_pos = conv.bias.clamp(min=0) if conv.bias is not None else None
+        pos = conv._conv_forward(x, w_pos, b_pos)
+        ctx.save_for_backward(x, z, pos)
+        ctx.conv, ctx.gamma, ctx.stab = conv, gamma, stab
+        return z.clone()
 
-    return BasicHook(
-        input_modifiers=[lambda x: x, torch.clone],  # two tensors: each pass gets its own gradient
-        param_modifiers=[lambda t, name: t.clamp(min=0), lambda t, name: t.clamp(max=0)],
-        gradient_mapper=mapper,
-        reducer=reducer,
-    )
+    @staticmethod
+    def backward(ctx, rel):
+        x, z, pos = ctx.saved_tensors
+        conv, g, stab = ctx.conv, ctx.gamma, ctx.stab
+        neg = z - pos
+        a = (z > 0) * rel / stab((1 + g) * pos + neg)
+        c = (z < 0) * rel / stab(pos + (1 + g) * neg)
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        grad = torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(min=0), (1 + g) * a + c, *args)
+        grad += torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(max=0), a + (1 + g) * c, *args)
+        return x * grad, None, None, None, None
+
+
+def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
+    """zennit's ``Gamma`` rule for a convolution whose inputs are never negative, at ~4 convolutions' cost.
+
+    zennit's generalised ``Gamma`` (a ``BasicHook``) runs five modified forward
+    and five backward passes per layer (inputs split by sign, weights by sign), on
+    top of the layer's own forward and the backward that autograd runs and the hook
+    then overwrites. With x >= 0 the negative-input passes vanish, and the rest is
+    one extra convolution (P; N = z - P) and two transposed ones, done by a custom
+    autograd function that replaces the layer's output (so the overwritten backward
+    never runs) - see :class:`_PositiveGammaConv`. Tested against zennit's
+    ``Gamma`` (tests/test_explain.py); a negative input is an error. Returns a
+    zennit hook template for a composite's module map (``nn.Conv2d`` only).
+    """
+    from zennit.core import Hook, RemovableHandle, RemovableHandleList, Stabilizer
+
+    class PositiveGamma(Hook):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stab = Stabilizer.ensure(stabilizer)
+
+        def copy(self):
+            return PositiveGamma()
+
+        def forward(self, module, args, output):
+            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
+                return None
+            return _PositiveGammaConv.apply(args[0], output.detach(), module, gamma, self.stab)
+
+        def register(self, module):
+            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
+
+    return PositiveGamma()
 
 
 def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
@@ -157,7 +186,8 @@ def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
 
 def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = None, fast_gamma: bool = True):
     """zennit's EpsilonGammaBox + SequentialMergeBatchNorm; with ``fast_gamma`` the Gamma
-    layers with non-negative inputs use :func:`positive_gamma` (same rule, 2 passes, not 5)."""
+    layers with non-negative inputs use :func:`positive_gamma` (same rule, fewer convolutions),
+    and no canonizer: :func:`lrp_heatmaps` then runs on a BatchNorm-folded copy (:func:`_bn_folded`)."""
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonGammaBox
     from zennit.rules import Gamma
@@ -176,7 +206,30 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
             hook = super().mapping(ctx, name, module)
             return two_pass if isinstance(hook, Gamma) and name in fast else hook
 
-    return _Composite(low=lo, high=hi, canonizers=[SequentialMergeBatchNorm()])
+    return _Composite(low=lo, high=hi)
+
+
+def _bn_folded(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode, frozen) with zennit's SequentialMergeBatchNorm applied for
+    good and each merged BatchNorm replaced by ``nn.Identity``.
+
+    The canonizer leaves a merged BatchNorm running as x / sqrt(1 + eps) (relevance passes it
+    unchanged); dropping it saves its forward and backward - a tenth of the LRP time on
+    SmallInception - and changes activations by 5e-6 relative.
+    """
+    import copy
+
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    merged = {id(c.batch_norm) for c in SequentialMergeBatchNorm().apply(net)}
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in merged:
+                setattr(parent, name, nn.Identity())
+    return net
 
 
 def lrp_heatmaps(
@@ -202,7 +255,10 @@ def lrp_heatmaps(
         raise DataError(f"{len(images)} images but {len(labels)} labels")
     device = next(model.parameters()).device
     model.eval()
-    comp = composite if composite is not None else _composite(normalizer, device, model)
+    if composite is None:  # the fast path: positive Gamma on a BatchNorm-folded copy
+        comp, model = _composite(normalizer, device, model), _bn_folded(model)
+    else:
+        comp = composite
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     out = np.empty((len(images), images.shape[1], images.shape[2]), dtype=np.float32)
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -237,7 +293,7 @@ def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, norma
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(repr(normalizer).encode())
-    h.update(b"EpsilonGammaBox(two-pass Gamma)+SequentialMergeBatchNorm")  # the LRP configuration
+    h.update(b"EpsilonGammaBox(positive Gamma)+BatchNorm folded exactly")  # the LRP configuration
     return h.hexdigest()[:20]
 
 
