@@ -92,7 +92,7 @@ def test_paper_tables_match_the_paper():
 # --------------------------------------------------------------------------- cache keys
 
 
-def test_run_keys_change_with_every_parameter_and_only_then():
+def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     fp = "0123456789abcdef"
     base = RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2})
     assert base.key(fp) == RunSpec(AttackSpec("standard", 0.33), train={"epochs": 2}).key(fp)
@@ -115,6 +115,11 @@ def test_run_keys_change_with_every_parameter_and_only_then():
     # HC's view size is part of HC keys only: an AC result stays cached when it changes.
     assert DetectSpec("hc").key() != DetectSpec("hc", view_samples=0).key()
     assert DetectSpec("ac").key() == DetectSpec("ac", view_samples=0).key()
+    import poisonsift.explain
+
+    hc, ac = DetectSpec("hc").key(), DetectSpec("ac").key()
+    monkeypatch.setattr(poisonsift.explain, "LRP_CONFIG", "another LRP")  # new heatmaps: HC recomputes, AC not
+    assert DetectSpec("hc").key() != hc and DetectSpec("ac").key() == ac
     with pytest.raises(ConfigError, match="view_samples"):
         DetectSpec("hc", view_samples=-1)
 

@@ -198,7 +198,11 @@ class DetectSpec:
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
-        if self.method not in ("hc", "ac-hc"):
+        if self.method in ("hc", "ac-hc"):
+            from poisonsift.explain import LRP_CONFIG
+
+            fields["lrp"] = LRP_CONFIG  # new heatmaps, new HC results
+        else:
             del fields["view_samples"]  # no effect on other defences: their cached results stay valid
         return config_hash({"version": KEY_VERSION, **fields})
 

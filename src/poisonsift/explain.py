@@ -283,6 +283,11 @@ def lrp_heatmaps(
     return out
 
 
+#: Names the LRP rules and how they are computed; part of every heatmap cache key and of
+#: HC detection keys (poisonsift.experiments.DetectSpec), so a change recomputes both.
+LRP_CONFIG = "EpsilonGammaBox(positive Gamma)+BatchNorm folded exactly"
+
+
 def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer) -> str:
     import hashlib
 
@@ -293,7 +298,7 @@ def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, norma
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(repr(normalizer).encode())
-    h.update(b"EpsilonGammaBox(positive Gamma)+BatchNorm folded exactly")  # the LRP configuration
+    h.update(LRP_CONFIG.encode())
     return h.hexdigest()[:20]
 
 
