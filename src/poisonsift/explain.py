@@ -102,26 +102,31 @@ class _PositiveGammaConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, z, conv, gamma, stab):
+    def forward(ctx, x, z, conv, gamma, eps):
         if bool((x < 0).any()):
             raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
         w_pos = conv.weight.clamp(min=0)
         b_pos = conv.bias.clamp(min=0) if conv.bias is not None else None
         pos = conv._conv_forward(x, w_pos, b_pos)
         ctx.save_for_backward(x, z, pos)
-        ctx.conv, ctx.gamma, ctx.stab = conv, gamma, stab
+        ctx.conv, ctx.gamma, ctx.stab = conv, gamma, eps
         return z.clone()
 
     @staticmethod
     def backward(ctx, rel):
         x, z, pos = ctx.saved_tensors
-        conv, g, stab = ctx.conv, ctx.gamma, ctx.stab
-        neg = z - pos
-        a = (z > 0) * rel / stab((1 + g) * pos + neg)
-        c = (z < 0) * rel / stab(pos + (1 + g) * neg)
+        conv, g, eps = ctx.conv, ctx.gamma, ctx.stab
+        # Where z > 0, P >= z > 0 (N <= 0 as x >= 0), so z+ = z + g P > 0 and zennit's stabiliser
+        # adds eps; where z < 0, z- = z + g N = (1+g) z - g P < 0 and it subtracts eps. Only one of
+        # a, c is non-zero at each output, so both are s = R / (z+ or z-), masked where z = 0.
+        up = z > 0
+        den = torch.where(up, z + g * pos + eps, (1 + g) * z - g * pos - eps)
+        s = (rel / den).masked_fill_(z == 0, 0.0)
+        u = torch.where(up, (1 + g) * s, s)  # (1+g) a + c
+        v = torch.where(up, s, (1 + g) * s)  # a + (1+g) c
         args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        grad = torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(min=0), (1 + g) * a + c, *args)
-        grad += torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(max=0), a + (1 + g) * c, *args)
+        grad = torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(min=0), u, *args)
+        grad += torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(max=0), v, *args)
         return x * grad, None, None, None, None
 
 
@@ -138,20 +143,16 @@ def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
     ``Gamma`` (tests/test_explain.py); a negative input is an error. Returns a
     zennit hook template for a composite's module map (``nn.Conv2d`` only).
     """
-    from zennit.core import Hook, RemovableHandle, RemovableHandleList, Stabilizer
+    from zennit.core import Hook, RemovableHandle, RemovableHandleList
 
     class PositiveGamma(Hook):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stab = Stabilizer.ensure(stabilizer)
-
         def copy(self):
             return PositiveGamma()
 
         def forward(self, module, args, output):
             if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
                 return None
-            return _PositiveGammaConv.apply(args[0], output.detach(), module, gamma, self.stab)
+            return _PositiveGammaConv.apply(args[0], output.detach(), module, gamma, stabilizer)
 
         def register(self, module):
             return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
