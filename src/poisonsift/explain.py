@@ -2,9 +2,12 @@
 
 LRP (paper 5.4) uses zennit, not a hand-made LRP: the ``EpsilonGammaBox``
 composite (ZBox on the first layer, bounded by the normalised images of pixel
-values 0 and 1; Gamma on convolutions; Epsilon on dense layers) with
-``SequentialMergeBatchNorm``, which folds every BatchNorm into the convolution
-before it - the maintained form of the BatchNorm rules the paper added by hand.
+values 0 and 1; Gamma on convolutions; Epsilon on dense layers) with every
+BatchNorm folded into the convolution before it (zennit's
+``SequentialMergeBatchNorm`` on a copy of the network, the merged BatchNorm then
+removed: :func:`_bn_folded`) - the maintained form of the BatchNorm rules the
+paper added by hand. Convolutions whose input is never negative compute the
+Gamma rule with a custom autograd function (:func:`positive_gamma`).
 Relevance starts at the logit of each sample's label and is summed over colour
 channels. Concatenation (the Inception module) and max-pooling pass relevance
 as the gradient does; average pooling uses zennit's Norm rule.
