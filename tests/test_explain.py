@@ -159,31 +159,35 @@ def test_nonnegative_input_convs_are_those_after_relu():
 
 def test_positive_gamma_equals_zennit_gamma(tiny_data):
     """The fast path (positive Gamma where inputs are >= 0, BatchNorm folded) gives zennit's EpsilonGammaBox heatmaps."""
-    from poisonsift.explain import _composite
-
     import copy
 
-    from poisonsift.explain import _bn_folded
+    from poisonsift.explain import _composite, _FoldBatchNorm
 
     model = _randomised_bn_model()
     norm = Normalizer.fit(tiny_data.x_train)
     x, y = tiny_data.x_train[:24], tiny_data.y_train[:24]
     probe = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(_bn_folded(model)(probe), model(probe), rtol=1e-5, atol=1e-6)
+        before = model(probe)
+        handles = _FoldBatchNorm().apply(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model(probe), before, rtol=1e-5, atol=1e-6)  # the same function, folded
+        for h in handles:
+            h.remove()
+        assert torch.equal(model(probe), before)  # and put back exactly
     # zennit's canonizer leaves each merged BatchNorm computing x / sqrt(1 + eps) - a slightly
     # different network (0.5 % of the largest relevance apart here). Moving eps into running_var
-    # keeps the network's function and makes that leftover the identity, as in our folded copy.
+    # keeps the network's function and makes that leftover the identity, as our folding does.
     same_fn = copy.deepcopy(model)
     for m in same_fn.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.data += m.eps
             m.eps = 0.0
     ref = lrp_heatmaps(same_fn, x, y, norm, composite=_composite(norm, "cpu", fast_gamma=False))
-    fast = lrp_heatmaps(model, x, y, norm)  # the default: positive Gamma on a BatchNorm-folded copy
+    fast = lrp_heatmaps(model, x, y, norm)  # the default: positive Gamma, BatchNorm folded
     assert np.abs(ref).max() > 0
     np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model is given back intact
 
 
 def test_positive_gamma_refuses_negative_inputs():

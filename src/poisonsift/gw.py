@@ -143,11 +143,6 @@ def get_engine(name: str) -> GWEngine:
     raise ConfigError(f"unknown GW engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
 
 
-def compress(engine: GWEngine, clouds: Any, i: int, cfg: GWKMeansConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cloud ``i`` summarised by ``cfg.n_support`` points: its own entropic GW barycenter."""
-    return engine.barycenter(clouds, cfg, seed, index=np.array([i]))
-
-
 @dataclass
 class GWKMeansResult:
     """Assignments and distances of GW k-means.
@@ -184,7 +179,8 @@ def gw_kmeans(clouds: Sequence[PointCloud], cfg: GWKMeansConfig, engine: str | G
     def seed_centre(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         if init == "cloud":
             return clouds[i].C, clouds[i].p
-        return compress(eng, handle, i, cfg, seed=cfg.seed + 1000 + j)
+        # cloud i compressed to n_support points: its own barycenter (GWEngine.compress, for one cloud)
+        return eng.barycenter(handle, cfg, seed=cfg.seed + 1000 + j, index=np.array([i]))
 
     first = int(rng.integers(n))
     centres = [seed_centre(first, 0)]
