@@ -190,6 +190,31 @@ def test_positive_gamma_equals_zennit_gamma(tiny_data):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model is given back intact
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
+def test_fast_gamma_rules_equal_zennit_gamma_per_layer(stride, padding):
+    """Each custom Gamma function (signed input; non-negative input) against zennit's
+    ``Gamma`` on one convolution with a bias, including a strided one (``conv2d_input`` path)."""
+    from zennit.attribution import Gradient
+    from zennit.core import Composite
+    from zennit.rules import Gamma
+
+    from poisonsift.explain import fast_gamma_rule
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=stride, padding=padding)
+    with torch.no_grad():
+        conv.bias.uniform_(-0.5, 0.5)  # both signs, so b+ and b- both matter
+    for signed, x in ((True, torch.randn(4, 3, 9, 9)), (False, torch.rand(4, 3, 9, 9))):
+        maps = []
+        for rule in (Gamma(), fast_gamma_rule(signed=signed)):
+            comp = Composite(module_map=lambda ctx, name, m, rule=rule: rule if isinstance(m, nn.Conv2d) else None)
+            with Gradient(model=conv, composite=comp) as attr:
+                maps.append(attr(x.clone().requires_grad_(True), torch.ones_like)[1])
+        ref, fast = maps
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
 def test_positive_gamma_refuses_negative_inputs():
     from zennit.attribution import Gradient
     from zennit.core import Composite

@@ -6,8 +6,10 @@ values 0 and 1; Gamma on convolutions; Epsilon on dense layers) with every
 BatchNorm folded into the convolution before it (zennit's
 ``SequentialMergeBatchNorm``, the merged BatchNorm then swapped out:
 :class:`_FoldBatchNorm`) - the maintained form of the BatchNorm rules the
-paper added by hand. Convolutions whose input is never negative compute the
-Gamma rule with a custom autograd function (:func:`positive_gamma`).
+paper added by hand. The Gamma rule of every convolution is computed by a
+custom autograd function (:func:`fast_gamma_rule`; a cheaper one where the
+input is never negative), equal to zennit's ``Gamma`` to float precision and
+3.5x faster end to end on the paper's network.
 Relevance starts at the logit of each sample's label and is summed over colour
 channels. Concatenation (the Inception module) and max-pooling pass relevance
 as the gradient does; average pooling uses zennit's Norm rule.
@@ -93,74 +95,139 @@ def activations(
     return torch.cat(feats).numpy()
 
 
+def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, in_shape) -> torch.Tensor:
+    """W' grad_out for ``conv`` with ``weight``: the input gradient of the convolution.
+
+    For stride 1 (no dilation, no groups) this is a plain convolution with the kernel
+    flipped and its channel axes swapped, padded by k - 1 - p: on this machine's oneDNN
+    10-30 % faster than ``conv2d_input`` (measured, 64 x 96 x 32 x 32, 3 x 3 and 5 x 5);
+    any other convolution takes ``conv2d_input``.
+    """
+    k = weight.shape[-2:]
+    pad = conv.padding
+    if (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and not isinstance(pad, str)
+            and all(0 <= p <= kk - 1 for p, kk in zip(pad, k))):  # fmt: skip
+        flipped = weight.flip(-2, -1).transpose(0, 1)
+        return nn.functional.conv2d(grad_out, flipped, padding=(k[0] - 1 - pad[0], k[1] - 1 - pad[1]))
+    return torch.nn.grad.conv2d_input(in_shape, weight, grad_out, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _gamma_scales(z: torch.Tensor, den_abs: torch.Tensor, eps: float) -> torch.Tensor:
+    """sign(z) / (|den| + eps), in place in ``den_abs``: zero where z = 0, where the Gamma rule
+    passes no relevance (zennit's masks [z > 0], [z < 0]); |den| >= |z| has z's sign elsewhere,
+    so this is 1 / zennit's stabilised denominator."""
+    return torch.sign(z).div_(den_abs.add_(eps))
+
+
 class _PositiveGammaConv(torch.autograd.Function):
     """Forward: the convolution's output z, unchanged. Backward: the Gamma rule's relevance.
 
-    With x >= 0, P = W+ x + b+ and N = W- x + b- = z - P (so one extra convolution), and
+    With x >= 0, P = W+ x + b+ and N = W- x + b- = z - P (so one extra convolution). zennit's
+    generalised ``Gamma`` divides R by den = z + g P (z > 0) or z + g N (z < 0), and returns
+    x * (W'(s) + g W+'(s [z > 0]) + g W-'(s [z < 0])) with s = R / den. Writing
+    W+- = (W +- |W|) / 2, that is
 
-        a = [z > 0] R / (z+ = (1+g) P + N),   c = [z < 0] R / (z- = P + (1+g) N),
-        R_in = x * (W+' ((1+g) a + c) + W-' (a + (1+g) c)),
+        R_in = x * ((1 + g/2) W' s + (g/2) |W|' (s sign z)),
 
-    which is zennit's generalised ``Gamma`` (W + g W+)' a + (W + g W-)' c regrouped.
+    two transposed convolutions of two cheap products, s = R * sign(z) / |den| and
+    s sign z = R / |den| (zero where z = 0). |den| = g P + eps + (z if z > 0 else -(1+g) z).
     """
 
     @staticmethod
     def forward(ctx, x, z, conv, gamma, eps):
         if bool((x < 0).any()):
             raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
-        w_pos = conv.weight.clamp(min=0)
-        b_pos = conv.bias.clamp(min=0) if conv.bias is not None else None
-        pos = conv._conv_forward(x, w_pos, b_pos)
-        ctx.save_for_backward(x, z, pos)
-        ctx.conv, ctx.gamma, ctx.stab = conv, gamma, eps
+        pos = conv._conv_forward(x, conv.weight.clamp(min=0), conv.bias.clamp(min=0) if conv.bias is not None else None)
+        den_abs = torch.where(z > 0, z, z * -(1 + gamma)).add_(pos, alpha=gamma)
+        del pos
+        inv = _gamma_scales(z, den_abs, eps)  # sign(z) / |den|
+        ctx.save_for_backward(x, inv, inv.abs())
+        ctx.conv, ctx.gamma = conv, gamma
         return z.clone()
 
     @staticmethod
     def backward(ctx, rel):
-        x, z, pos = ctx.saved_tensors
-        conv, g, eps = ctx.conv, ctx.gamma, ctx.stab
-        # Where z > 0, P >= z > 0 (N <= 0 as x >= 0), so z+ = z + g P > 0 and zennit's stabiliser
-        # adds eps; where z < 0, z- = z + g N = (1+g) z - g P < 0 and it subtracts eps. Only one of
-        # a, c is non-zero at each output, so both are s = R / (z+ or z-), masked where z = 0.
-        up = z > 0
-        den = torch.where(up, z + g * pos + eps, (1 + g) * z - g * pos - eps)
-        s = (rel / den).masked_fill_(z == 0, 0.0)
-        u = torch.where(up, (1 + g) * s, s)  # (1+g) a + c
-        v = torch.where(up, s, (1 + g) * s)  # a + (1+g) c
-        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        grad = torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(min=0), u, *args)
-        grad += torch.nn.grad.conv2d_input(x.shape, conv.weight.clamp(max=0), v, *args)
-        return x * grad, None, None, None, None
+        x, inv, inv_abs = ctx.saved_tensors
+        conv, g = ctx.conv, ctx.gamma
+        w = conv.weight
+        grad = _input_grad(conv, w * (1 + g / 2), rel * inv, x.shape)
+        grad += _input_grad(conv, w.abs() * (g / 2), rel * inv_abs, x.shape)
+        return grad.mul_(x), None, None, None, None
 
 
-def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
-    """zennit's ``Gamma`` rule for a convolution whose inputs are never negative, at ~4 convolutions' cost.
+class _SignedGammaConv(torch.autograd.Function):
+    """zennit's generalised ``Gamma`` for a convolution whose input takes both signs.
+
+    With W1 = W + g W+, W2 = W + g W- (b1, b2 likewise) and x = x+ + x-, zennit divides R
+    by den+ = W1 x+ + W2 x- + b1 (z > 0) or den- = W2 x+ + W1 x- + b2 (z < 0) and returns
+    x+ * (W1' s+ + W2' s-) + x- * (W2' s+ + W1' s-). Both denominators are one convolution
+    of [x+; x-] with the block kernel [[W1, W2], [W2, W1]], and both input factors one
+    transposed convolution of [s+; s-] with the same kernel - two convolutions with twice
+    the channels instead of zennit's five forward and five backward passes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, conv, gamma, eps):
+        w, b = conv.weight, conv.bias
+        w1, w2 = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
+        block = torch.cat([torch.cat([w1, w2], 1), torch.cat([w2, w1], 1)], 0)
+        bias = None if b is None else torch.cat([b + gamma * b.clamp(min=0), b + gamma * b.clamp(max=0)])
+        xs = torch.cat([x.clamp(min=0), x.clamp(max=0)], 1)
+        dens = conv._conv_forward(xs, block, bias)
+        c = z.shape[1]
+        den_abs = torch.where(z > 0, dens[:, :c], dens[:, c:]).abs_()
+        del dens
+        ctx.save_for_backward(xs, _gamma_scales(z, den_abs, eps), z > 0, block)
+        ctx.conv = conv
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, rel):
+        xs, inv, up, block = ctx.saved_tensors
+        s = rel * inv
+        s_up = s * up
+        grad = _input_grad(ctx.conv, block, torch.cat([s_up, s.sub_(s_up)], 1), xs.shape).mul_(xs)
+        c = grad.shape[1] // 2
+        return grad[:, :c] + grad[:, c:], None, None, None, None
+
+
+def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool = False):
+    """zennit's ``Gamma`` rule for a convolution, computed by a custom autograd function.
 
     zennit's generalised ``Gamma`` (a ``BasicHook``) runs five modified forward
     and five backward passes per layer (inputs split by sign, weights by sign), on
     top of the layer's own forward and the backward that autograd runs and the hook
-    then overwrites. With x >= 0 the negative-input passes vanish, and the rest is
-    one extra convolution (P; N = z - P) and two transposed ones, done by a custom
-    autograd function that replaces the layer's output (so the overwritten backward
-    never runs) - see :class:`_PositiveGammaConv`. Tested against zennit's
-    ``Gamma`` (tests/test_explain.py); a negative input is an error. Returns a
-    zennit hook template for a composite's module map (``nn.Conv2d`` only).
+    then overwrites. Here a custom autograd function replaces the layer's output (so
+    the overwritten backward never runs) and computes the same relevance in its
+    backward. ``signed=False`` (:class:`_PositiveGammaConv`, for inputs that are never
+    negative - after a ReLU): one extra convolution and two transposed ones; a negative
+    input is an error. ``signed=True`` (:class:`_SignedGammaConv`, any input): one
+    convolution and one transposed one with doubled channels. Tested against zennit's
+    ``Gamma`` (tests/test_explain.py). Returns a zennit hook template for a composite's
+    module map (``nn.Conv2d`` only).
     """
     from zennit.core import Hook, RemovableHandle, RemovableHandleList
 
-    class PositiveGamma(Hook):
+    fn = _SignedGammaConv if signed else _PositiveGammaConv
+
+    class FastGamma(Hook):
         def copy(self):
-            return PositiveGamma()
+            return FastGamma()
 
         def forward(self, module, args, output):
             if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
                 return None
-            return _PositiveGammaConv.apply(args[0], output.detach(), module, gamma, stabilizer)
+            return fn.apply(args[0], output.detach(), module, gamma, stabilizer)
 
         def register(self, module):
             return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
 
-    return PositiveGamma()
+    return FastGamma()
+
+
+def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
+    """:func:`fast_gamma_rule` for a convolution whose input is never negative."""
+    return fast_gamma_rule(gamma, stabilizer, signed=False)
 
 
 def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
@@ -190,8 +257,9 @@ def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
 
 def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = None, fast_gamma: bool = True):
     """zennit's EpsilonGammaBox + SequentialMergeBatchNorm; with ``fast_gamma`` the Gamma
-    layers with non-negative inputs use :func:`positive_gamma` (same rule, fewer convolutions),
-    and BatchNorm is folded exactly (:class:`_FoldBatchNorm`)."""
+    convolutions use :func:`fast_gamma_rule` (same rule, fewer convolutions; the cheaper
+    non-negative form where :func:`nonnegative_input_convs` allows it), and BatchNorm is
+    folded exactly (:class:`_FoldBatchNorm`)."""
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonGammaBox
     from zennit.rules import Gamma
@@ -202,13 +270,15 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
         lo, hi = normalizer(lo), normalizer(hi)
     if not fast_gamma or model is None:
         return EpsilonGammaBox(low=lo, high=hi, canonizers=[SequentialMergeBatchNorm()])
-    fast = nonnegative_input_convs(model, device)
-    two_pass = positive_gamma()
+    nonneg = nonnegative_input_convs(model, device)
+    positive, signed = fast_gamma_rule(signed=False), fast_gamma_rule(signed=True)
 
     class _Composite(EpsilonGammaBox):
         def mapping(self, ctx, name, module):
             hook = super().mapping(ctx, name, module)
-            return two_pass if isinstance(hook, Gamma) and name in fast else hook
+            if not isinstance(hook, Gamma) or not isinstance(module, nn.Conv2d):
+                return hook
+            return positive if name in nonneg else signed
 
     return _Composite(low=lo, high=hi, canonizers=[_FoldBatchNorm()])
 
