@@ -1,6 +1,7 @@
 """Seconds per stage of Activation Clustering and Heatmap Clustering on the same class.
 
     python benchmarks/detect_stages.py --run DIR [--class 5] [--engine fast] [--subset N]
+                                       [--lrp-precision float32|bfloat16]
 
 Runs AC (activations, PCA, k-means) and HC (LRP, point clouds, GW k-means) on
 the attacked class of a run (``poisoned.npz`` + ``model.pt``) and prints each
@@ -22,6 +23,7 @@ from poisonsift.gw import GWKMeansConfig
 from poisonsift.metrics import detection_metrics
 from poisonsift.runs import load_poisoned, read_json
 from poisonsift.training import load_checkpoint
+from poisonsift.utils import tune_allocator
 
 
 def main() -> None:
@@ -31,8 +33,10 @@ def main() -> None:
     ap.add_argument("--engine", default="fast", choices=["fast", "pot"])
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    tune_allocator()  # as the CLI does
     run = Path(a.run)
     pd = load_poisoned(run / "poisoned.npz")
     cls = a.cls if a.cls is not None else read_json(run / "attack.json")["target_class"]
@@ -40,9 +44,10 @@ def main() -> None:
     x, y, truth = pd.x_train[rows], pd.y_train[rows], pd.poison_mask[rows]
     model, norm = load_checkpoint(run / "model.pt")
     ac = ActivationClustering(ACConfig(seed=a.seed)).detect(model, x, y, norm)
-    hc = HeatmapClustering(HCConfig(gw=GWKMeansConfig(seed=a.seed), engine=a.engine, subset=a.subset)).detect(
+    hc = HeatmapClustering(HCConfig(gw=GWKMeansConfig(seed=a.seed), engine=a.engine, subset=a.subset,
+                                  lrp_precision=a.lrp_precision)).detect(
         model, x, y, norm)
-    res = {"class": int(cls), "n": int(len(rows)), "engine": a.engine, "subset": a.subset,
+    res = {"class": int(cls), "n": int(len(rows)), "engine": a.engine, "subset": a.subset, "lrp_precision": a.lrp_precision,
            "ac_seconds": ac.seconds, "hc_seconds": hc.seconds,
            "ac_total": sum(ac.seconds.values()),
            "hc_total": sum(v for k, v in hc.seconds.items() if k != "view")}  # fmt: skip
@@ -53,7 +58,7 @@ def main() -> None:
     if a.json:
         print(json.dumps(res))
         return
-    print(f"class {cls}: {len(rows)} images ({int(truth.sum())} poisoned); HC engine {a.engine}"
+    print(f"class {cls}: {len(rows)} images ({int(truth.sum())} poisoned); HC engine {a.engine}, LRP {a.lrp_precision}"
           + (f", subset {a.subset}" if a.subset else ""))
     print(f"{'stage':<24} {'seconds':>8}")
     for k, v in ac.seconds.items():

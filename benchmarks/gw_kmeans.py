@@ -31,6 +31,7 @@ import numpy as np
 
 from poisonsift.explain import point_clouds
 from poisonsift.gw import GWKMeansConfig, gw_kmeans
+from poisonsift.utils import tune_allocator
 
 
 def synthetic_heatmaps(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +85,7 @@ def main() -> None:
                     help="POT's k-means++ seeding: whole clouds (the paper's, default) or the fast engine's compressed clouds")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    tune_allocator()  # as the CLI does
     sizes = [int(v) for v in a.n.split(",")]
     engines = a.engines.split(",")
     heat, truth = run_heatmaps(a.run, max(sizes), a.seed) if a.run else synthetic_heatmaps(max(sizes), a.seed)

@@ -23,6 +23,7 @@ from torchvision import transforms as T
 from poisonsift.augment import augment_batch
 from poisonsift.models import SmallInception
 from poisonsift.training import Normalizer, get_preset
+from poisonsift.utils import tune_allocator
 
 
 def images(path: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    tune_allocator()  # as the CLI does
     x, y = images(a.data, 4096)
     plain = plain_loop(x, y, a.batch, a.steps)
     fast = poisonsift_loop(x, y, a.batch, a.steps)

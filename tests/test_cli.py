@@ -93,6 +93,8 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
         assert json.loads((run / f"detection-{method}.json").read_text()) == d
     auto = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--class", "auto")
     assert len(auto["ranking"]) == 6 and auto["class"] == auto["ranking"][0]["class"]
+    hc = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--lrp-precision", "bfloat16", "--view-samples", "0")
+    assert keys <= set(hc) and hc["lrp_precision"] == "bfloat16" and hc["config"]["lrp_precision"] == "bfloat16"
     assert main(["detect", "--run", str(run), "--method", "ac", "--layer", "nope"]) == 2
     assert "valid layer names" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--class", "40"]) == 2

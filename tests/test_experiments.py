@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 
@@ -122,6 +124,16 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     assert DetectSpec("hc").key() != hc and DetectSpec("ac").key() == ac
     with pytest.raises(ConfigError, match="view_samples"):
         DetectSpec("hc", view_samples=-1)
+    # LRP precision: HC keys only; the default keys as before the field existed, and a cached
+    # detection written before it (no such entry in its stored spec) is still this spec.
+    assert DetectSpec("hc", lrp_precision="bfloat16").key() != DetectSpec("hc").key()
+    assert DetectSpec("ac", lrp_precision="bfloat16").key() == DetectSpec("ac").key()
+    old = dataclasses.asdict(DetectSpec("hc"))
+    del old["lrp_precision"]
+    assert ex._stored_spec(old) == DetectSpec("hc") != DetectSpec("hc", lrp_precision="bfloat16")
+    assert ex._stored_spec({"method": "hc", "removed_field": 1}) is None
+    with pytest.raises(ConfigError, match="LRP precision"):
+        DetectSpec("hc", lrp_precision="float16")
 
 
 def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):

@@ -215,6 +215,24 @@ def test_fast_gamma_rules_equal_zennit_gamma_per_layer(stride, padding):
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
 
 
+def test_bfloat16_lrp_is_close_to_float32_and_cached_apart(tmp_path, tiny_data):
+    from poisonsift.explain import cached_lrp_heatmaps
+
+    model = _randomised_bn_model()
+    norm = Normalizer.fit(tiny_data.x_train)
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+    full = cached_lrp_heatmaps(model, x, y, norm, tmp_path)
+    low = cached_lrp_heatmaps(model, x, y, norm, tmp_path, precision="bfloat16")
+    assert len(list(tmp_path.glob("heatmaps-*.npy"))) == 2  # a cache entry per precision
+    peak = np.abs(full).max(axis=(1, 2), keepdims=True)
+    err = np.abs(low - full) / peak
+    assert 0 < err.max() < 0.03  # bfloat16 was used, and stays within a few % of each map's peak
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(low, full)]
+    assert min(corr) > 0.999
+    with pytest.raises(ConfigError, match="LRP precision"):
+        lrp_heatmaps(model, x, y, norm, precision="float16")
+
+
 def test_positive_gamma_refuses_negative_inputs():
     from zennit.attribution import Gradient
     from zennit.core import Composite

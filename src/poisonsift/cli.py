@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from poisonsift.errors import ConfigError, PoisonsiftError
+from poisonsift.utils import tune_allocator
 
 __all__ = ["main", "build_parser"]
 
@@ -166,7 +167,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
     d = detect_run(args.run, args.method, cls=args.cls, layer=args.layer, engine=args.engine, seed=args.seed,
                    subset=args.subset, rule=args.rule, warm_start=args.warm_start,
-                   view_samples=args.view_samples)  # fmt: skip
+                   view_samples=args.view_samples, lrp_precision=args.lrp_precision)  # fmt: skip
     human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
     if "ranking" in d:
         top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
@@ -199,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from poisonsift.runs import detect_run
 
     dets = [detect_run(out, "ac", seed=args.seed),
-            detect_run(out, "hc", seed=args.seed, subset=args.hc_subset)]  # fmt: skip
+            detect_run(out, "hc", seed=args.seed, subset=args.hc_subset, lrp_precision=args.lrp_precision)]  # fmt: skip
     obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets,
            "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
     table = "\n".join([DETECTION_HEADER, *(_detection_row(d) for d in dets)])
@@ -293,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--view-samples", type=_nonnegative_int, default=300,
                     help="hc: clouds in the MDS view of GW distances written to the .npz 'embedding' "
                          "(default 300; 0: GW distances to the two centres instead, no extra cost)")
+    dt.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
+                    help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
+                         "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
+                         "bfloat16, heatmaps within 0.4%% of their peak)")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)
@@ -330,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
                          "(default: the whole class - about 40 s on 2 CPU cores for 2,776 images)")
+    de.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
+                    help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
+                         "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
+                         "bfloat16, heatmaps within 0.4%% of their peak)")
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)
@@ -339,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         args.func(args)
     except PoisonsiftError as exc:

@@ -314,6 +314,9 @@ class HCConfig:
     #: centres, always with the fast engine (a plot, not a decision); 0: each cloud's GW distances
     #: to the two centres instead (no extra cost).
     view_samples: int = 300
+    #: ``float32`` (zennit's heatmaps) or ``bfloat16`` (faster LRP; see
+    #: :func:`poisonsift.explain.lrp_heatmaps`)
+    lrp_precision: str = "float32"
 
 
 class HeatmapClustering(_Base):
@@ -328,7 +331,8 @@ class HeatmapClustering(_Base):
         if cfg.subset is not None and cfg.subset < len(images):
             idx = np.sort(np.random.default_rng(cfg.gw.seed).choice(len(images), cfg.subset, replace=False))
         t = time.perf_counter()
-        heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size)
+        heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size,
+                                   cfg.lrp_precision)  # fmt: skip
         seconds = {"lrp": time.perf_counter() - t}
         t = time.perf_counter()
         clouds = point_clouds(heat, cfg.mass, cfg.fallback)
@@ -401,7 +405,7 @@ METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 
 def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: str = "fast",
                   subset: int | None = None, rule: str = "smaller", cache_dir: str | None = None,
-                  warm_start: bool = True, view_samples: int = 300):  # fmt: skip
+                  warm_start: bool = True, view_samples: int = 300, lrp_precision: str = "float32"):  # fmt: skip
     """The defence object behind a CLI ``--method`` name."""
     r = ClusterRule(rule)
     if method in ("raw-pca", "raw-ica"):
@@ -412,7 +416,7 @@ def build_defence(method: str, seed: int = 0, layer: str | None = None, engine: 
     if method == "spectral":
         return SpectralSignatures(SpectralConfig(layer=layer))
     hc = HCConfig(gw=GWKMeansConfig(seed=seed, warm_start=warm_start), engine=engine, subset=subset, rule=r,
-                  cache_dir=cache_dir, view_samples=view_samples)  # fmt: skip
+                  cache_dir=cache_dir, view_samples=view_samples, lrp_precision=lrp_precision)  # fmt: skip
     if method == "hc":
         return HeatmapClustering(hc)
     if method == "ac-hc":

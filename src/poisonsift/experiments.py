@@ -187,6 +187,7 @@ class DetectSpec:
     seed: int = 0
     warm_start: bool = True
     view_samples: int = 300  # HC's MDS view (HCConfig.view_samples); part of HC keys only
+    lrp_precision: str = "float32"  # HC's LRP precision (HCConfig.lrp_precision); HC keys only
 
     def __post_init__(self) -> None:
         if self.method not in DETECT_METHODS:
@@ -195,6 +196,10 @@ class DetectSpec:
             raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
         if self.view_samples < 0:
             raise ConfigError(f"view_samples must be >= 0, got {self.view_samples}")
+        from poisonsift.explain import LRP_PRECISIONS
+
+        if self.lrp_precision not in LRP_PRECISIONS:
+            raise ConfigError(f"unknown LRP precision {self.lrp_precision!r}; use one of {', '.join(LRP_PRECISIONS)}")
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
@@ -204,6 +209,8 @@ class DetectSpec:
             fields["lrp"] = LRP_CONFIG  # new heatmaps, new HC results
         else:
             del fields["view_samples"]  # no effect on other defences: their cached results stay valid
+        if self.lrp_precision == "float32" or self.method not in ("hc", "ac-hc"):
+            del fields["lrp_precision"]  # the default keys as before this field existed
         return config_hash({"version": KEY_VERSION, **fields})
 
     def filename(self) -> str:
@@ -437,6 +444,15 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 @_unit
+def _stored_spec(stored: Any) -> DetectSpec | None:
+    """The DetectSpec a cached detection was computed for; fields added since take their
+    defaults (which key as before), so adding a field does not recompute every detection."""
+    try:
+        return DetectSpec(**stored)
+    except (TypeError, ConfigError):
+        return None
+
+
 def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
     """One :class:`DetectSpec` on the attacked class of the run in ``task["dir"]`` (cached in its ``detections/``)."""
     from poisonsift.runs import detect_run, read_json
@@ -448,11 +464,11 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
         path.with_suffix(".npz").unlink(missing_ok=True)
     if path.exists() and path.with_suffix(".npz").exists():
         res = read_json(path)
-        if res.get("spec") == dataclasses.asdict(spec):
+        if _stored_spec(res.get("spec")) == spec:
             return {**res, "path": str(path), "computed": False}
     res = detect_run(task["dir"], spec.method, layer=spec.layer, engine=spec.engine, seed=spec.seed,
                      subset=spec.subset, rule=spec.rule, device=task.get("device"), out=path,
-                     warm_start=spec.warm_start, view_samples=spec.view_samples,
+                     warm_start=spec.warm_start, view_samples=spec.view_samples, lrp_precision=spec.lrp_precision,
                      extra={"spec": dataclasses.asdict(spec)})  # fmt: skip
     return {**res, "path": str(path), "computed": True}
 

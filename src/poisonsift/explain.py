@@ -95,6 +95,24 @@ def activations(
     return torch.cat(feats).numpy()
 
 
+#: LRP precisions: ``float32`` (zennit's numbers to float precision) or ``bfloat16`` (the
+#: Gamma rules' extra convolutions in bfloat16; see :func:`lrp_heatmaps`).
+LRP_PRECISIONS = ("float32", "bfloat16")
+
+
+def _lrp_dtype(precision: str) -> torch.dtype:
+    if precision not in LRP_PRECISIONS:
+        raise ConfigError(f"unknown LRP precision {precision!r}; use one of {', '.join(LRP_PRECISIONS)}")
+    return getattr(torch, precision)
+
+
+def _mul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a * b computed in a's precision and stored as ``dtype`` (one pass, no float32 copy)."""
+    if dtype == a.dtype:
+        return a * b
+    return torch.mul(a, b, out=torch.empty(a.shape, dtype=dtype, device=a.device))
+
+
 def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, in_shape) -> torch.Tensor:
     """W' grad_out for ``conv`` with ``weight``: the input gradient of the convolution.
 
@@ -131,28 +149,31 @@ class _PositiveGammaConv(torch.autograd.Function):
 
     two transposed convolutions of two cheap products, s = R * sign(z) / |den| and
     s sign z = R / |den| (zero where z = 0). |den| = g P + eps + (z if z > 0 else -(1+g) z).
+    ``dtype`` (bfloat16 for speed) is the precision of P and of the two transposed
+    convolutions; z, the signs and the scales stay in the layer's own precision.
     """
 
     @staticmethod
-    def forward(ctx, x, z, conv, gamma, eps):
+    def forward(ctx, x, z, conv, gamma, eps, dtype):
         if bool((x < 0).any()):
             raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
-        pos = conv._conv_forward(x, conv.weight.clamp(min=0), conv.bias.clamp(min=0) if conv.bias is not None else None)
+        b = conv.bias.clamp(min=0).to(dtype) if conv.bias is not None else None
+        pos = conv._conv_forward(x.to(dtype), conv.weight.clamp(min=0).to(dtype), b)
         den_abs = torch.where(z > 0, z, z * -(1 + gamma)).add_(pos, alpha=gamma)
         del pos
         inv = _gamma_scales(z, den_abs, eps)  # sign(z) / |den|
         ctx.save_for_backward(x, inv, inv.abs())
-        ctx.conv, ctx.gamma = conv, gamma
+        ctx.conv, ctx.gamma, ctx.compute_dtype = conv, gamma, dtype
         return z.clone()
 
     @staticmethod
     def backward(ctx, rel):
         x, inv, inv_abs = ctx.saved_tensors
-        conv, g = ctx.conv, ctx.gamma
+        conv, g, dt = ctx.conv, ctx.gamma, ctx.compute_dtype
         w = conv.weight
-        grad = _input_grad(conv, w * (1 + g / 2), rel * inv, x.shape)
-        grad += _input_grad(conv, w.abs() * (g / 2), rel * inv_abs, x.shape)
-        return grad.mul_(x), None, None, None, None
+        grad = _input_grad(conv, (w * (1 + g / 2)).to(dt), _mul(rel, inv, dt), x.shape).to(x.dtype)
+        grad += _input_grad(conv, (w.abs() * (g / 2)).to(dt), _mul(rel, inv_abs, dt), x.shape)
+        return grad.mul_(x), None, None, None, None, None
 
 
 class _SignedGammaConv(torch.autograd.Function):
@@ -167,7 +188,7 @@ class _SignedGammaConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, z, conv, gamma, eps):
+    def forward(ctx, x, z, conv, gamma, eps, dtype):  # dtype unused: these layers read 3 channels, cheap
         w, b = conv.weight, conv.bias
         w1, w2 = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
         block = torch.cat([torch.cat([w1, w2], 1), torch.cat([w2, w1], 1)], 0)
@@ -188,10 +209,11 @@ class _SignedGammaConv(torch.autograd.Function):
         s_up = s * up
         grad = _input_grad(ctx.conv, block, torch.cat([s_up, s.sub_(s_up)], 1), xs.shape).mul_(xs)
         c = grad.shape[1] // 2
-        return grad[:, :c] + grad[:, c:], None, None, None, None
+        return grad[:, :c] + grad[:, c:], None, None, None, None, None
 
 
-def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool = False):
+def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool = False,
+                    dtype: torch.dtype = torch.float32):  # fmt: skip
     """zennit's ``Gamma`` rule for a convolution, computed by a custom autograd function.
 
     zennit's generalised ``Gamma`` (a ``BasicHook``) runs five modified forward
@@ -203,8 +225,9 @@ def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool 
     negative - after a ReLU): one extra convolution and two transposed ones; a negative
     input is an error. ``signed=True`` (:class:`_SignedGammaConv`, any input): one
     convolution and one transposed one with doubled channels. Tested against zennit's
-    ``Gamma`` (tests/test_explain.py). Returns a zennit hook template for a composite's
-    module map (``nn.Conv2d`` only).
+    ``Gamma`` (tests/test_explain.py). ``dtype``: precision of the non-negative form's
+    extra convolutions (see :func:`lrp_heatmaps`). Returns a zennit hook template for a
+    composite's module map (``nn.Conv2d`` only).
     """
     from zennit.core import Hook, RemovableHandle, RemovableHandleList
 
@@ -217,7 +240,7 @@ def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool 
         def forward(self, module, args, output):
             if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
                 return None
-            return fn.apply(args[0], output.detach(), module, gamma, stabilizer)
+            return fn.apply(args[0], output.detach(), module, gamma, stabilizer, dtype)
 
         def register(self, module):
             return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
@@ -255,7 +278,8 @@ def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
     return {n for n, ok in seen.items() if ok}
 
 
-def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = None, fast_gamma: bool = True):
+def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = None, fast_gamma: bool = True,
+               precision: str = "float32"):  # fmt: skip
     """zennit's EpsilonGammaBox + SequentialMergeBatchNorm; with ``fast_gamma`` the Gamma
     convolutions use :func:`fast_gamma_rule` (same rule, fewer convolutions; the cheaper
     non-negative form where :func:`nonnegative_input_convs` allows it), and BatchNorm is
@@ -268,10 +292,13 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
     hi = torch.ones(1, 3, 1, 1, device=device)
     if normalizer is not None:
         lo, hi = normalizer(lo), normalizer(hi)
+    dtype = _lrp_dtype(precision)
     if not fast_gamma or model is None:
+        if dtype != torch.float32:
+            raise ConfigError(f"LRP precision {precision!r} needs the fast Gamma rules (a model)")
         return EpsilonGammaBox(low=lo, high=hi, canonizers=[SequentialMergeBatchNorm()])
     nonneg = nonnegative_input_convs(model, device)
-    positive, signed = fast_gamma_rule(signed=False), fast_gamma_rule(signed=True)
+    positive, signed = fast_gamma_rule(signed=False, dtype=dtype), fast_gamma_rule(signed=True)
 
     class _Composite(EpsilonGammaBox):
         def mapping(self, ctx, name, module):
@@ -332,6 +359,7 @@ def lrp_heatmaps(
     batch_size: int = 64,
     composite=None,
     desc: str = "LRP",
+    precision: str = "float32",
 ) -> np.ndarray:
     """LRP relevance maps, (N, 32, 32) float32, summed over colour channels.
 
@@ -340,6 +368,14 @@ def lrp_heatmaps(
     Batches of 64 with frozen weights: measured on 512 GTSRB images (2 CPU
     threads), 11 s at batch 32-64 against 27 s at 128 and 41 s at 256 (cache
     misses), and no weight gradients saves another ~10 %.
+
+    ``precision``: ``float32`` (default) gives zennit's EpsilonGammaBox heatmaps to float
+    precision. ``bfloat16`` computes the Gamma rules' extra convolutions (W+ x and the
+    two transposed ones, 3/4 of LRP's convolution work) in bfloat16 while the network's
+    own forward pass, the rule's signs and denominators stay float32: measured on 768
+    real GTSRB images, 1.4x faster on a CPU with native bfloat16 (AVX512-BF16; much
+    slower on one without), heatmaps within 0.4 % of their peak of the float32 ones.
+    Ignored when ``composite`` is given.
     """
     from zennit.attribution import Gradient
 
@@ -347,7 +383,7 @@ def lrp_heatmaps(
         raise DataError(f"{len(images)} images but {len(labels)} labels")
     device = next(model.parameters()).device
     model.eval()
-    comp = composite if composite is not None else _composite(normalizer, device, model)
+    comp = composite if composite is not None else _composite(normalizer, device, model, precision=precision)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     out = np.empty((len(images), images.shape[1], images.shape[2]), dtype=np.float32)
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -372,12 +408,14 @@ def lrp_heatmaps(
     return out
 
 
-#: Names the LRP rules and how they are computed; part of every heatmap cache key and of
-#: HC detection keys (poisonsift.experiments.DetectSpec), so a change recomputes both.
+#: Names the LRP rules and the numerics that shape the heatmaps; part of every heatmap cache key
+#: and of HC detection keys (poisonsift.experiments.DetectSpec), so a change recomputes both.
+#: A faster computation of the same values (the custom Gamma functions match the previous
+#: ones to 5e-7 of the peak) keeps the key, and with it the cached heatmaps.
 LRP_CONFIG = "EpsilonGammaBox(positive Gamma)+BatchNorm folded exactly"
 
 
-def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer) -> str:
+def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer, precision: str = "float32") -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -388,22 +426,26 @@ def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, norma
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(repr(normalizer).encode())
     h.update(LRP_CONFIG.encode())
+    if precision != "float32":  # float32 keys as before, so existing caches stay valid
+        h.update(precision.encode())
     return h.hexdigest()[:20]
 
 
-def cached_lrp_heatmaps(model, images, labels, normalizer=None, cache_dir=None, batch_size: int = 64) -> np.ndarray:
+def cached_lrp_heatmaps(model, images, labels, normalizer=None, cache_dir=None, batch_size: int = 64,
+                        precision: str = "float32") -> np.ndarray:  # fmt: skip
     """:func:`lrp_heatmaps`, stored in ``cache_dir`` under a key of the model's weights, the
-    images, the labels, the normaliser and the LRP configuration (no cache when None)."""
+    images, the labels, the normaliser, the LRP configuration and precision (no cache when None)."""
+    _lrp_dtype(precision)
     if cache_dir is None:
-        return lrp_heatmaps(model, images, labels, normalizer, batch_size)
+        return lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision)
     from pathlib import Path
 
     from poisonsift.utils import atomic_write_bytes
 
-    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer)}.npy"
+    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer, precision)}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)
-    heat = lrp_heatmaps(model, images, labels, normalizer, batch_size)
+    heat = lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision)
     import io
 
     buf = io.BytesIO()

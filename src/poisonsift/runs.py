@@ -192,6 +192,7 @@ def detect_run(
     warm_start: bool = True,
     extra: dict[str, Any] | None = None,
     view_samples: int = 300,
+    lrp_precision: str = "float32",
 ) -> dict[str, Any]:
     """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``.
 
@@ -204,6 +205,7 @@ def detect_run(
     ``rows`` (indices into ``y_train``), ``truth``, ``is_poisoned``, ``scores``,
     ``cluster_labels`` and ``embedding`` ((N, 2), NaN where not available; for HC an MDS
     embedding of GW distances of ``view_samples`` seeded clouds, see ``HCConfig.view_samples``).
+    ``lrp_precision``: HC's LRP precision (``HCConfig.lrp_precision``).
     ``extra`` entries are added to the summary before it is written.
     """
     from poisonsift.defences import build_defence, rank_classes
@@ -227,7 +229,7 @@ def detect_run(
         raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
     defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule,
                             cache_dir=str(run / "cache"), warm_start=warm_start,  # LRP heatmaps, reused by later hc / ac-hc runs
-                            view_samples=view_samples)  # fmt: skip
+                            view_samples=view_samples, lrp_precision=lrp_precision)  # fmt: skip
     res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
@@ -249,6 +251,7 @@ def detect_run(
     if method in ("hc", "ac-hc"):
         summary["engine"] = engine
         summary["warm_start"] = warm_start
+        summary["lrp_precision"] = lrp_precision
         if "view" in res.analysis:
             summary["view"] = res.analysis["view"]
     if subset is not None:
@@ -256,7 +259,8 @@ def detect_run(
     if ranking is not None:
         summary["ranking"] = ranking
     summary["config"] = {"method": method, "class": cls, "layer": layer, "engine": engine, "subset": subset,
-                         "rule": rule, "seed": seed, "warm_start": warm_start, "view_samples": view_samples}  # fmt: skip
+                         "rule": rule, "seed": seed, "warm_start": warm_start, "view_samples": view_samples,
+                         "lrp_precision": lrp_precision}  # fmt: skip
     summary.update(extra or {})
     path = Path(out) if out is not None else run / f"detection-{method}.json"
     emb = res.embedding if res.embedding is not None else np.full((len(rows), 2), np.nan)

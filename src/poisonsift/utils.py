@@ -23,6 +23,7 @@ __all__ = [
     "cache_dir",
     "progress",
     "default_device",
+    "tune_allocator",
 ]
 
 
@@ -88,3 +89,32 @@ def progress(**kwargs: Any) -> tqdm:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc keep freed tensor memory for reuse instead of handing it back to the OS.
+
+    CPU inference and LRP allocate and free many 5-30 MB tensors per batch. By default
+    glibc serves each from a fresh ``mmap`` or returns the heap's top to the OS after a
+    free, so the next tensor of that size page-faults all of its memory again. This sets
+    ``M_MMAP_THRESHOLD`` to 32 MiB (glibc's maximum) and ``M_TRIM_THRESHOLD`` to 1 GiB: the
+    process keeps up to 1 GiB of freed memory. Measured here (2 cores), LRP of 768 GTSRB
+    images 9.7 s -> 8.7 s before the custom Gamma functions. Process-wide, so it is called
+    by the entry points (CLI, benchmarks), not on import; a no-op returning False where
+    the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    # both or neither: a trim threshold alone switches off glibc's adaptive mmap threshold
+    # and leaves it at 128 kB, which is far slower (LRP 9.7 s -> 22.8 s)
+    if mallopt(m_mmap_threshold, 32 << 20) != 1:
+        return False
+    return mallopt(m_trim_threshold, 1 << 30) == 1
