@@ -106,13 +106,6 @@ def _lrp_dtype(precision: str) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def _mul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a * b computed in a's precision and stored as ``dtype`` (one pass, no float32 copy)."""
-    if dtype == a.dtype:
-        return a * b
-    return torch.mul(a, b, out=torch.empty(a.shape, dtype=dtype, device=a.device))
-
-
 def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, in_shape) -> torch.Tensor:
     """W' grad_out for ``conv`` with ``weight``: the input gradient of the convolution.
 
@@ -159,20 +152,21 @@ class _PositiveGammaConv(torch.autograd.Function):
             raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
         b = conv.bias.clamp(min=0).to(dtype) if conv.bias is not None else None
         pos = conv._conv_forward(x.to(dtype), conv.weight.clamp(min=0).to(dtype), b)
-        den_abs = torch.where(z > 0, z, z * -(1 + gamma)).add_(pos, alpha=gamma)
+        # (z if z > 0 else -(1+g) z) = (1 + g/2)|z| - (g/2) z, in place: fewer passes than a where
+        den_abs = torch.abs(z).mul_(1 + gamma / 2).add_(z, alpha=-gamma / 2).add_(pos, alpha=gamma)
         del pos
         inv = _gamma_scales(z, den_abs, eps)  # sign(z) / |den|
         ctx.save_for_backward(x, inv, inv.abs())
         ctx.conv, ctx.gamma, ctx.compute_dtype = conv, gamma, dtype
-        return z.clone()
+        return z.view_as(z)  # no copy: autograd wraps the view as this function's output
 
     @staticmethod
     def backward(ctx, rel):
         x, inv, inv_abs = ctx.saved_tensors
         conv, g, dt = ctx.conv, ctx.gamma, ctx.compute_dtype
         w = conv.weight
-        grad = _input_grad(conv, (w * (1 + g / 2)).to(dt), _mul(rel, inv, dt), x.shape).to(x.dtype)
-        grad += _input_grad(conv, (w.abs() * (g / 2)).to(dt), _mul(rel, inv_abs, dt), x.shape)
+        grad = _input_grad(conv, (w * (1 + g / 2)).to(dt), (rel * inv).to(dt), x.shape).to(x.dtype)
+        grad += _input_grad(conv, (w.abs() * (g / 2)).to(dt), (rel * inv_abs).to(dt), x.shape)
         return grad.mul_(x), None, None, None, None, None
 
 
@@ -200,7 +194,7 @@ class _SignedGammaConv(torch.autograd.Function):
         del dens
         ctx.save_for_backward(xs, _gamma_scales(z, den_abs, eps), z > 0, block)
         ctx.conv = conv
-        return z.clone()
+        return z.view_as(z)  # no copy: autograd wraps the view as this function's output
 
     @staticmethod
     def backward(ctx, rel):
