@@ -15,7 +15,7 @@ from poisonsift import experiments as ex
 from poisonsift.cli import main
 from poisonsift.data import save_npz
 from poisonsift.errors import DataError
-from poisonsift.experiments import AttackSpec, Column, DetectSpec, Row, RunSpec, TableSpec
+from poisonsift.experiments import AttackSpec, Column, Row, RunSpec, TableSpec
 from poisonsift.report import write_report
 
 from conftest import make_tiny_data
