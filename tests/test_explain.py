@@ -233,6 +233,26 @@ def test_bfloat16_lrp_is_close_to_float32_and_cached_apart(tmp_path, tiny_data):
         lrp_heatmaps(model, x, y, norm, precision="float16")
 
 
+def test_relu_pass_is_dropped_only_where_it_changes_nothing():
+    """SmallInception: every rule after a ReLU is input-proportional, so Pass = gradient and
+    the composite leaves it out; a BatchNorm after a ReLU breaks that, and Pass stays."""
+    from zennit.rules import Pass
+
+    from poisonsift.explain import _composite
+
+    def relu_hooks(model):
+        comp, ctx = _composite(None, "cpu", model), {}
+        hooks = [(m, comp.module_map(ctx, n, m)) for n, m in model.named_modules()]  # in order, as zennit does
+        return [h for m, h in hooks if isinstance(m, nn.ReLU)]
+
+    assert not any(isinstance(h, Pass) for h in relu_hooks(_randomised_bn_model()))
+    torch.manual_seed(0)
+    bn_after_relu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+    bn_after_relu[2].running_mean.uniform_(-1, 1)
+    bn_after_relu[2].bias.data.uniform_(-1, 1)
+    assert all(isinstance(h, Pass) for h in relu_hooks(bn_after_relu.eval()))
+
+
 def test_positive_gamma_refuses_negative_inputs():
     from zennit.attribution import Gradient
     from zennit.core import Composite
