@@ -190,10 +190,16 @@ def test_positive_gamma_equals_zennit_gamma(tiny_data):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model is given back intact
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
-def test_fast_gamma_rules_equal_zennit_gamma_per_layer(stride, padding):
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 3, "padding": 1}, {"kernel_size": 3, "padding": 0}, {"kernel_size": (2, 3), "padding": (0, 1)},
+    {"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 3, "stride": 2, "padding": 2, "dilation": 2},
+    {"kernel_size": 4, "padding": "same"}, {"kernel_size": 3, "padding": 1, "padding_mode": "reflect"},
+])  # fmt: skip
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_fast_gamma_rules_equal_zennit_gamma_per_layer(kwargs):
     """Each custom Gamma function (signed input; non-negative input) against zennit's
-    ``Gamma`` on one convolution with a bias, including a strided one (``conv2d_input`` path)."""
+    ``Gamma`` on one convolution with a bias: the flipped-convolution path and the autograd
+    path (strides, dilation, 'same' and reflect padding)."""
     from zennit.attribution import Gradient
     from zennit.core import Composite
     from zennit.rules import Gamma
@@ -201,7 +207,7 @@ def test_fast_gamma_rules_equal_zennit_gamma_per_layer(stride, padding):
     from poisonsift.explain import fast_gamma_rule
 
     torch.manual_seed(0)
-    conv = nn.Conv2d(3, 5, 3, stride=stride, padding=padding)
+    conv = nn.Conv2d(3, 5, **kwargs)
     with torch.no_grad():
         conv.bias.uniform_(-0.5, 0.5)  # both signs, so b+ and b- both matter
     for signed, x in ((True, torch.randn(4, 3, 9, 9)), (False, torch.rand(4, 3, 9, 9))):
