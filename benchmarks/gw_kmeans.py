@@ -140,9 +140,12 @@ def main() -> None:
             ext = r.get("pot_extrapolated_from")
             pot = f"{'~' if ext else ''}{r['pot_seconds']:.1f}" if "pot_seconds" in r else "-"
             note = f"pot timed on {ext} and extrapolated; agreement on those {ext}" if ext else ""
-            print(f"{r['n']:>6} {r['median_points']:>6} {pot:>10} {r.get('fast_seconds', float('nan')):>8.1f} "
-                  f"{r.get('speedup', float('nan')):>8.1f}x {r.get('agreement', float('nan')):>7.2%} "
-                  f"{r.get('pot_purity', float('nan')):>9.2%} {r.get('fast_purity', float('nan')):>10.2%}  {note}")
+            def cell(key: str, fmt: str, width: int) -> str:  # "-" for an engine that was not run
+                return f"{format(r[key], fmt):>{width}}" if key in r else f"{'-':>{width}}"
+
+            print(f"{r['n']:>6} {r['median_points']:>6} {pot:>10} {cell('fast_seconds', '.1f', 8)} "
+                  f"{cell('speedup', '.1f', 8) + ('x' if 'speedup' in r else ' ')} {cell('agreement', '.2%', 7)} "
+                  f"{cell('pot_purity', '.2%', 9)} {cell('fast_purity', '.2%', 10)}  {note}")
 
 
 if __name__ == "__main__":
