@@ -259,6 +259,16 @@ def test_relu_pass_is_dropped_only_where_it_changes_nothing():
     assert all(isinstance(h, Pass) for h in relu_hooks(bn_after_relu.eval()))
 
 
+def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch, tiny_data):
+    import poisonsift.explain as ex
+
+    monkeypatch.setattr(ex, "native_bfloat16", lambda device: False)
+    model, norm = _randomised_bn_model(), Normalizer.fit(tiny_data.x_train)
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        lrp_heatmaps(model, tiny_data.x_train[:2], tiny_data.y_train[:2], norm, precision="bfloat16")
+    assert ex.native_bfloat16("cpu") in (True, False, None)
+
+
 def test_positive_gamma_refuses_negative_inputs():
     from zennit.attribution import Gradient
     from zennit.core import Composite
