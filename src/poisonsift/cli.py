@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
                     help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
                          "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
-                         "bfloat16, heatmaps within 0.4%% of their peak)")
+                         "bfloat16, heatmaps within 0.7%% of their peak)")
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
                     help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
                          "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
-                         "bfloat16, heatmaps within 0.4%% of their peak)")
+                         "bfloat16, heatmaps within 0.7%% of their peak)")
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)

@@ -401,7 +401,8 @@ def lrp_heatmaps(
     forward pass, the rule's signs and denominators stay float32: measured on real GTSRB,
     1.25x faster on a CPU with native bfloat16 (AVX512-BF16; emulated and slower on one
     without - a RuntimeWarning says so, see :func:`native_bfloat16`), heatmaps within
-    0.4 % of their peak of the float32 ones. Ignored when ``composite`` is given.
+    0.7 % of their peak of the float32 ones (median 0.2 %, real GTSRB classes). Ignored when
+    ``composite`` is given.
     """
     from zennit.attribution import Gradient
 
