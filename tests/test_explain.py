@@ -273,10 +273,10 @@ def test_positive_gamma_refuses_negative_inputs():
     from zennit.attribution import Gradient
     from zennit.core import Composite
 
-    from poisonsift.explain import positive_gamma
+    from poisonsift.explain import fast_gamma_rule
 
     conv = nn.Sequential(nn.Conv2d(3, 4, 3))
-    rule = positive_gamma()
+    rule = fast_gamma_rule(signed=False)
     comp = Composite(module_map=lambda ctx, name, m: rule if isinstance(m, nn.Conv2d) else None)
     with Gradient(model=conv, composite=comp) as attr, pytest.raises(RuntimeError, match="negative input"):
         attr(-torch.rand(1, 3, 8, 8).requires_grad_(True), torch.ones_like)

@@ -239,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     def add_json(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
 
+    def add_lrp_precision(sp):
+        from poisonsift.explain import LRP_PRECISIONS
+
+        sp.add_argument("--lrp-precision", default="float32", choices=LRP_PRECISIONS,
+                        help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
+                             "rules' extra convolutions in bfloat16: 1.2-1.5x faster LRP on CPUs with native "
+                             "bfloat16, heatmaps within 0.7%% of their peak)")
+
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")
     dp.add_argument("--source", required=True, help="GTSRB (official or torchvision layout) or ImageFolder tree")
@@ -294,10 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--view-samples", type=_nonnegative_int, default=300,
                     help="hc: clouds in the MDS view of GW distances written to the .npz 'embedding' "
                          "(default 300; 0: GW distances to the two centres instead, no extra cost)")
-    dt.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
-                    help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
-                         "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
-                         "bfloat16, heatmaps within 0.7%% of their peak)")
+    add_lrp_precision(dt)
     dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
                     help="which cluster is poisoned (default: the smaller)")
     dt.add_argument("--seed", type=int, default=0)
@@ -334,11 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--epochs", type=int, default=2, help="training epochs (default 2: about 5 minutes on 2 CPU cores)")
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
-                         "(default: the whole class - about 40 s on 2 CPU cores for 2,776 images)")
-    de.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"],
-                    help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
-                         "rules' extra convolutions in bfloat16: ~1.4x faster LRP on CPUs with native "
-                         "bfloat16, heatmaps within 0.7%% of their peak)")
+                         "(default: the whole class - about 25 s on 2 CPU cores for 2,776 images)")
+    add_lrp_precision(de)
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)

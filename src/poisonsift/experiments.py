@@ -196,10 +196,9 @@ class DetectSpec:
             raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
         if self.view_samples < 0:
             raise ConfigError(f"view_samples must be >= 0, got {self.view_samples}")
-        from poisonsift.explain import LRP_PRECISIONS
+        from poisonsift.explain import lrp_dtype
 
-        if self.lrp_precision not in LRP_PRECISIONS:
-            raise ConfigError(f"unknown LRP precision {self.lrp_precision!r}; use one of {', '.join(LRP_PRECISIONS)}")
+        lrp_dtype(self.lrp_precision)  # a ConfigError naming the valid ones
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)

@@ -101,7 +101,8 @@ def activations(
 LRP_PRECISIONS = ("float32", "bfloat16")
 
 
-def _lrp_dtype(precision: str) -> torch.dtype:
+def lrp_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of an LRP precision name; an unknown name is a :class:`ConfigError`."""
     if precision not in LRP_PRECISIONS:
         raise ConfigError(f"unknown LRP precision {precision!r}; use one of {', '.join(LRP_PRECISIONS)}")
     return getattr(torch, precision)
@@ -182,7 +183,7 @@ class _GammaConv(torch.autograd.Function):
             a = conv._conv_forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], 1).to(dtype), w_cat, b_pos)
         else:
             if float(x.amin()) < 0:  # one read, no mask
-                raise RuntimeError("positive_gamma got a negative input; this layer needs zennit's Gamma rule")
+                raise RuntimeError("the non-negative Gamma rule got a negative input; use fast_gamma_rule(signed=True)")
             a = conv._conv_forward(x.to(dtype), w.clamp(min=0).to(dtype), b_pos)
         # (z if z > 0 else -(1+g) z) = (1 + g/2)|z| - (g/2) z, in place: fewer passes than a where
         den_abs = torch.abs(z).mul_(1 + gamma / 2).add_(z, alpha=-gamma / 2).add_(a, alpha=gamma)
@@ -237,11 +238,6 @@ def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool 
     return FastGamma()
 
 
-def positive_gamma(gamma: float = 0.25, stabilizer: float = 1e-6):
-    """:func:`fast_gamma_rule` for a convolution whose input is never negative."""
-    return fast_gamma_rule(gamma, stabilizer, signed=False)
-
-
 def nonnegative_input_convs(model: nn.Module, device) -> set[str]:
     """Names of the convolutions whose input is >= 0 whatever the image (ReLU or max-pool of ReLU before).
 
@@ -282,7 +278,7 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
     hi = torch.ones(1, 3, 1, 1, device=device)
     if normalizer is not None:
         lo, hi = normalizer(lo), normalizer(hi)
-    dtype = _lrp_dtype(precision)
+    dtype = lrp_dtype(precision)
     if not fast_gamma or model is None:
         if dtype != torch.float32:
             raise ConfigError(f"LRP precision {precision!r} needs the fast Gamma rules (a model)")
@@ -467,7 +463,7 @@ def cached_lrp_heatmaps(model, images, labels, normalizer=None, cache_dir=None, 
                         precision: str = "float32") -> np.ndarray:  # fmt: skip
     """:func:`lrp_heatmaps`, stored in ``cache_dir`` under a key of the model's weights, the
     images, the labels, the normaliser, the LRP configuration and precision (no cache when None)."""
-    _lrp_dtype(precision)
+    lrp_dtype(precision)
     if cache_dir is None:
         return lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision)
     from pathlib import Path
