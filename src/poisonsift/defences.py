@@ -305,7 +305,7 @@ class HCConfig:
     gw: GWKMeansConfig = field(default_factory=GWKMeansConfig)
     engine: str = "fast"
     subset: int | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # LRP batch; None: explain.lrp_batch_size (31 for SmallInception on CPU)
     fallback: str = "uniform"
     rule: ClusterRule = field(default_factory=ClusterRule)
     cache_dir: str | None = None  # where LRP heatmaps are cached (keyed by model, images, labels)
