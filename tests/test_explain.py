@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.explain import activations, lrp_batch_size, lrp_heatmaps, point_cloud, resolve_layer
+from poisonsift.explain import activations, lrp_batch_size, lrp_heatmaps, point_cloud, point_clouds, resolve_layer
 from poisonsift.models import SmallInception
 from poisonsift.training import Normalizer
 
@@ -120,15 +120,37 @@ def test_point_cloud_degenerate():
 
 
 def test_cloud_scale_is_largest_pairwise_distance():
-    from poisonsift.explain import _max_distance
+    from poisonsift.explain import _row_end_diameter
 
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        c = rng.integers(0, 32, (int(rng.integers(2, 600)), 2))
-        brute = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)).max()
-        assert np.isclose(_max_distance(c), brute if brute > 0 else 1.0)
-    line = np.stack([np.arange(30), np.full(30, 3)], 1)  # collinear: no 2-D hull
-    assert _max_distance(line) == 29.0
+    masks = rng.random((300, 32, 32)) < rng.random((300, 1, 1)) ** 3  # from near-empty to full
+    masks[0] = False
+    masks[0, 7, 3:30] = True  # collinear: no 2-D hull
+    masks[1] = False
+    masks[1, 4, 9] = True  # one pixel
+    brute = []
+    for m in masks:
+        c = np.argwhere(m)
+        d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)).max() if len(c) > 1 else 0.0
+        brute.append(d if d > 0 else 1.0)
+    assert np.array_equal(_row_end_diameter(masks), brute)
+    assert _row_end_diameter(masks[:1])[0] == 26.0
+
+
+def test_point_clouds_batch_is_point_cloud_each():
+    rng = np.random.default_rng(0)
+    heat = np.stack([rng.random((32, 32)) ** k for k in (1, 4, 16)] + [np.zeros((32, 32))] + [-np.eye(32)])
+    for mass in (0.5, 0.99):
+        batch = point_clouds(heat, mass, chunk=2)
+        for h, pc in zip(heat, batch):
+            one = point_cloud(h, mass)
+            assert np.array_equal(pc.coords, one.coords) and np.array_equal(pc.p, one.p) and pc.scale == one.scale
+    with pytest.raises(DataError, match="heatmap 1 has NaN"):
+        point_clouds(np.stack([heat[0], np.full((32, 32), np.inf)]))
+    with pytest.raises(DataError, match="heatmap 3 is constant"):
+        point_clouds(heat, fallback="error")
+    with pytest.raises(DataError, match="3-D"):
+        point_clouds(heat[0])
 
 
 def test_heatmap_cache_hits_and_misses(tmp_path, tiny_data):
