@@ -188,13 +188,6 @@ def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, i
         return torch.autograd.grad(conv._conv_forward(probe, weight, None), probe, grad_out)[0]
 
 
-def _gamma_scales(z: torch.Tensor, den_abs: torch.Tensor, eps: float) -> torch.Tensor:
-    """sign(z) / (|den| + eps), in place in ``den_abs``: zero where z = 0, where the Gamma rule
-    passes no relevance (zennit's masks [z > 0], [z < 0]); |den| >= |z| has z's sign elsewhere,
-    so this is 1 / zennit's stabilised denominator."""
-    return torch.sign(z).div_(den_abs.add_(eps))
-
-
 class _GammaConv(torch.autograd.Function):
     """Forward: the convolution's output z, unchanged. Backward: zennit's generalised Gamma rule.
 
@@ -216,18 +209,28 @@ class _GammaConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, conv, gamma, eps, dtype, signed):
         w, b = conv.weight, conv.bias
-        b_pos = b.clamp(min=0).to(dtype) if b is not None else None
+        # g A + eps straight out of the convolution: g in the weights, g b+ (+ eps) in the bias.
+        # eps joins in z's precision: in bfloat16 it would vanish beside g b+, and it is what
+        # keeps 0 / |den| finite where z = A = 0.
+        same = dtype == z.dtype
+        bias = (b.clamp(min=0) * gamma if b is not None else z.new_zeros(z.shape[1])) + (eps if same else 0.0)
+        w_pos = w.clamp(min=0) * gamma
         if signed:  # A = [W+, W-] * [x+; x-]: one convolution over twice the input channels
-            w_cat = torch.cat([w.clamp(min=0), w.clamp(max=0)], 1).to(dtype)
-            a = conv._conv_forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], 1).to(dtype), w_cat, b_pos)
+            w_cat = torch.cat([w_pos, w.clamp(max=0) * gamma], 1).to(dtype)
+            den = conv._conv_forward(torch.cat([x.clamp(min=0), x.clamp(max=0)], 1).to(dtype), w_cat, bias.to(dtype))
         else:
             if float(x.amin()) < 0:  # one read, no mask
                 raise RuntimeError("the non-negative Gamma rule got a negative input; use fast_gamma_rule(signed=True)")
-            a = conv._conv_forward(x.to(dtype), w.clamp(min=0).to(dtype), b_pos)
-        # (z if z > 0 else -(1+g) z) = (1 + g/2)|z| - (g/2) z, in place: fewer passes than a where
-        den_abs = torch.abs(z).mul_(1 + gamma / 2).add_(z, alpha=-gamma / 2).add_(a, alpha=gamma)
-        del a
-        inv = _gamma_scales(z, den_abs, eps)  # sign(z) / |den|
+            den = conv._conv_forward(x.to(dtype), w_pos.to(dtype), bias.to(dtype))
+        if not same:
+            den = den.to(z.dtype).add_(eps)
+        # |den| = g A + (z if z > 0 else -(1+g) z) = g A - (g/2) z + (1 + g/2) sign(z) z, in place
+        sign = torch.sign(z)
+        den.add_(z, alpha=-gamma / 2).addcmul_(sign, z, value=1 + gamma / 2)
+        # sign(z) / |den|: zero where z = 0, where the Gamma rule passes no relevance (zennit's
+        # masks [z > 0], [z < 0]); elsewhere 1 / zennit's stabilised denominator with z's sign
+        inv = sign.div_(den)
+        del den
         ctx.save_for_backward(x, inv, inv.abs())
         ctx.conv, ctx.gamma, ctx.compute_dtype, ctx.signed = conv, gamma, dtype, signed
         return z.view_as(z)  # no copy: autograd wraps the view as this function's output
