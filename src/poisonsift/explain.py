@@ -38,7 +38,7 @@ __all__ = [
     "resolve_layer",
     "activations",
     "lrp_heatmaps",
-    "lrp_batch_size",
+    "auto_batch_size",
     "cached_lrp_heatmaps",
     "PointCloud",
     "point_cloud",
@@ -55,7 +55,11 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def _input_batches(images: np.ndarray, normalizer: Normalizer | None, batch_size: int, device):
+def _input_batches(images: np.ndarray, normalizer: Normalizer | None, batch_size: int | None, device,
+                   model: nn.Module | None = None):  # fmt: skip
+    """(start, normalised batch on ``device``) pairs; ``batch_size`` None: :func:`auto_batch_size` for ``model``."""
+    if batch_size is None:
+        batch_size = auto_batch_size(model, next(_input_batches(images[:1], normalizer, 1, device))[1]) if len(images) else 1
     for s in range(0, len(images), batch_size):
         x = to_float(torch.from_numpy(images[s : s + batch_size]).to(device))
         yield s, (normalizer(x) if normalizer is not None else x)
@@ -67,13 +71,14 @@ def activations(
     images: np.ndarray,
     layer: str,
     normalizer: Normalizer | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     desc: str = "activations",
 ) -> np.ndarray:
     """Flattened outputs of the named layer, (N, D) float32, computed in batches.
 
-    Batches of 64: on 2 CPU cores 3,072 GTSRB images take 6.8 s against 11.8 s at 512
-    (the 32x32x256 Inception output of a large batch spills the caches); same numbers.
+    ``batch_size`` None: :func:`auto_batch_size` (31 for SmallInception on CPU; on 2 CPU
+    cores 3,072 GTSRB images took 6.8 s at 64 against 11.8 s at 512, where the 32x32x256
+    Inception output of a large batch spills the caches); the same numbers at any size.
 
     Args:
         images: (N, 32, 32, 3) uint8.
@@ -87,7 +92,7 @@ def activations(
     feats = []
     try:
         with progress(total=len(images), desc=desc, unit="img") as bar:
-            for _, x in _input_batches(images, normalizer, batch_size, device):
+            for _, x in _input_batches(images, normalizer, batch_size, device, model):
                 captured.clear()
                 model(x)
                 feats.append(captured[-1])
@@ -103,16 +108,17 @@ def activations(
 _MMAP_LIMIT = 32 << 20
 
 
-def lrp_batch_size(model: nn.Module, sample: torch.Tensor, cap: int = 64) -> int:
-    """The LRP batch size: on CPU the largest (at most ``cap``) whose biggest activation stays
-    under glibc's 32 MiB mmap threshold; ``cap`` elsewhere.
+def auto_batch_size(model: nn.Module, sample: torch.Tensor, cap: int = 64) -> int:
+    """The batch size for inference and LRP: on CPU the largest (at most ``cap``) whose
+    biggest activation stays under glibc's 32 MiB mmap threshold; ``cap`` elsewhere.
 
     A tensor of 32 MiB or more is a fresh mmap every batch, and its page faults cost more
     than the work: on 2 CPU cores a 64 MiB ``torch.cat`` takes 36 ms fresh against 1.8 ms into
     reused memory. SmallInception's Inception output is 1 MiB per image (256 x 32 x 32
-    floats), so batches of 64 page-faulted ~300k times per 1,024 images; batches of 31
-    (what this gives) page-fault almost never and LRP of 1,024 real images took 6.6-6.8 s
-    against 7.3-8.2 s at 64 (20-31 all the same within noise; 12 slower).
+    floats), so batches of 64 page-faulted ~300k times per 1,024 images in LRP; batches of 31
+    (what this gives) page-fault almost never: LRP of 1,024 real images took 6.6-6.8 s
+    against 7.3-8.2 s at 64 (20-31 all the same within noise; 12 slower), and the
+    activations of a whole class (2,776 images) 4.10-4.25 s against 4.19-4.77 s.
 
     Args:
         sample: one model input, (1, C, H, W), on the model's device (a probe forward pass).
@@ -430,7 +436,7 @@ def lrp_heatmaps(
     Relevance starts at the logit of ``labels[i]`` (the sample's label). The
     model is left unchanged (zennit removes its hooks and canonizers on exit).
     Weights are frozen during LRP (no weight gradients: ~10 % faster). ``batch_size``
-    None: :func:`lrp_batch_size` (31 for SmallInception on CPU, where 128 and 256 were
+    None: :func:`auto_batch_size` (31 for SmallInception on CPU, where 128 and 256 were
     2.5x and 3.7x slower than 32-64 on 2 CPU threads: cache misses).
 
     ``precision``: ``float32`` (default) gives zennit's EpsilonGammaBox heatmaps to float
@@ -455,15 +461,13 @@ def lrp_heatmaps(
         warnings.warn(f"{device} has no native bfloat16 (AVX512-BF16 / AMX): --lrp-precision bfloat16 is emulated "
                       "there and slower than float32", RuntimeWarning, stacklevel=2)  # fmt: skip
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if batch_size is None:
-        batch_size = lrp_batch_size(model, next(_input_batches(images[:1], normalizer, 1, device))[1]) if len(images) else 1
     out = np.empty((len(images), images.shape[1], images.shape[2]), dtype=np.float32)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
         with Gradient(model=model, composite=comp) as attributor, progress(total=len(images), desc=desc, unit="img") as bar:
-            for s, x in _input_batches(images, normalizer, batch_size, device):
+            for s, x in _input_batches(images, normalizer, batch_size, device, model):
                 y = labels_t[s : s + len(x)].to(device)
 
                 def start(logits: torch.Tensor) -> torch.Tensor:
