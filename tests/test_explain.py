@@ -148,7 +148,7 @@ def test_point_clouds_batch_is_point_cloud_each():
     with pytest.raises(DataError, match="heatmap 1 has NaN"):
         point_clouds(np.stack([heat[0], np.full((32, 32), np.inf)]))
     with pytest.raises(DataError, match="heatmap 3 is constant"):
-        point_clouds(heat, fallback="error")
+        point_clouds(heat, fallback="error", chunk=2)  # index counted in the whole input
     with pytest.raises(DataError, match="3-D"):
         point_clouds(heat[0])
 
