@@ -9,8 +9,9 @@ BatchNorm folded into the convolution before it (zennit's
 paper added by hand. The Gamma rule of every convolution is computed by a
 custom autograd function (:func:`fast_gamma_rule`: one extra convolution and
 two transposed ones), equal to zennit's ``Gamma`` to float precision; with the
-ReLUs' Pass hooks left out where they change nothing, LRP runs 3.2-3.6x faster
-than zennit's composite on the paper's network.
+ReLUs' Pass hooks left out where they change nothing, LRP runs ~3x faster
+than zennit's composite on the paper's network (512 real images, 2 cores, same batch:
+10.6 s against 3.4 s).
 Relevance starts at the logit of each sample's label and is summed over colour
 channels. Concatenation (the Inception module) and max-pooling pass relevance
 as the gradient does; average pooling uses zennit's Norm rule.
