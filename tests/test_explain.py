@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.explain import activations, auto_batch_size, lrp_heatmaps, point_cloud, point_clouds, resolve_layer
+from poisonsift.explain import activations, lrp_heatmaps, point_cloud, point_clouds, resolve_layer
 from poisonsift.models import SmallInception
 from poisonsift.training import Normalizer
 
@@ -75,14 +75,8 @@ def test_lrp_through_inception_module(tiny_data):
     assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
 
 
-def test_auto_batch_keeps_the_largest_activation_under_the_mmap_threshold(tiny_data):
-    x = torch.zeros(1, 3, 32, 32)
-    # SmallInception's Inception output is 256 x 32 x 32 floats = 1 MiB per image: 31 fit under 32 MiB
-    assert auto_batch_size(SmallInception().eval(), x) == 31
-    assert auto_batch_size(_bias_free_net(), x) == 64  # 32 KiB per image: the cap
-    wide = nn.Sequential(nn.Conv2d(3, 4096, 3, padding=1), nn.Flatten(), nn.Linear(4096 * 32 * 32, 2)).eval()
-    assert auto_batch_size(wide, x) == 1  # 16 MiB per image: one at a time, never zero
-    # the batch size changes the heatmaps only by float rounding
+def test_lrp_heatmaps_do_not_depend_on_the_batch_size(tiny_data):
+    # the automatic batch (10 images here) against batches of 3: float rounding only
     m, norm = SmallInception(num_classes=6).eval(), Normalizer((0.5,) * 3, (0.25,) * 3)
     a = lrp_heatmaps(m, tiny_data.x_train[:10], tiny_data.y_train[:10], norm)
     b = lrp_heatmaps(m, tiny_data.x_train[:10], tiny_data.y_train[:10], norm, batch_size=3)

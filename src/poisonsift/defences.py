@@ -228,7 +228,7 @@ class ACConfig:
     layer: str = DEFAULT_HIDDEN_LAYER
     n_components: int = 10
     seed: int = 0
-    batch_size: int | None = None  # None: explain.auto_batch_size (31 for SmallInception on CPU)
+    batch_size: int | None = None  # None: utils.auto_batch_size (31 for SmallInception on CPU)
     rule: ClusterRule = field(default_factory=ClusterRule)
 
 
@@ -261,7 +261,7 @@ class SpectralConfig:
 
     layer: str = DEFAULT_HIDDEN_LAYER
     eps_hat: float = 0.33
-    batch_size: int | None = None  # None: explain.auto_batch_size
+    batch_size: int | None = None  # None: utils.auto_batch_size
 
 
 class SpectralSignatures(_Base):
@@ -305,7 +305,7 @@ class HCConfig:
     gw: GWKMeansConfig = field(default_factory=GWKMeansConfig)
     engine: str = "fast"
     subset: int | None = None
-    batch_size: int | None = None  # LRP batch; None: explain.auto_batch_size (31 for SmallInception on CPU)
+    batch_size: int | None = None  # LRP batch; None: utils.auto_batch_size (31 for SmallInception on CPU)
     fallback: str = "uniform"
     rule: ClusterRule = field(default_factory=ClusterRule)
     cache_dir: str | None = None  # where LRP heatmaps are cached (keyed by model, images, labels)
