@@ -442,7 +442,6 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
             "seconds": timings, "computed": computed}  # fmt: skip
 
 
-@_unit
 def _stored_spec(stored: Any) -> DetectSpec | None:
     """The DetectSpec a cached detection was computed for; fields added since take their
     defaults (which key as before), so adding a field does not recompute every detection."""
@@ -452,6 +451,7 @@ def _stored_spec(stored: Any) -> DetectSpec | None:
         return None
 
 
+@_unit
 def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
     """One :class:`DetectSpec` on the attacked class of the run in ``task["dir"]`` (cached in its ``detections/``)."""
     from poisonsift.runs import detect_run, read_json
