@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from poisonsift.defences import ACConfig, ActivationClustering, HCConfig, HeatmapClustering
+from poisonsift.explain import LRP_PRECISIONS
 from poisonsift.gw import GWKMeansConfig
 from poisonsift.metrics import detection_metrics
 from poisonsift.runs import load_poisoned, read_json
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--engine", default="fast", choices=["fast", "pot"])
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lrp-precision", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--lrp-precision", default="float32", choices=LRP_PRECISIONS)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from poisonsift.augment import to_float
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.training import Normalizer
-from poisonsift.utils import auto_batch_size, progress
+from poisonsift.training import Normalizer, model_inputs
+from poisonsift.utils import progress
 
 __all__ = [
     "resolve_layer",
@@ -55,16 +54,6 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def _input_batches(images: np.ndarray, normalizer: Normalizer | None, batch_size: int | None, device,
-                   model: nn.Module | None = None):  # fmt: skip
-    """(start, normalised batch on ``device``) pairs; ``batch_size`` None: :func:`auto_batch_size` for ``model``."""
-    if batch_size is None:
-        batch_size = auto_batch_size(model, next(_input_batches(images[:1], normalizer, 1, device))[1]) if len(images) else 1
-    for s in range(0, len(images), batch_size):
-        x = to_float(torch.from_numpy(images[s : s + batch_size]).to(device))
-        yield s, (normalizer(x) if normalizer is not None else x)
-
-
 @torch.inference_mode()
 def activations(
     model: nn.Module,
@@ -76,7 +65,7 @@ def activations(
 ) -> np.ndarray:
     """Flattened outputs of the named layer, (N, D) float32, computed in batches.
 
-    ``batch_size`` None: :func:`auto_batch_size` (31 for SmallInception on CPU; on 2 CPU
+    ``batch_size`` None: :func:`poisonsift.utils.auto_batch_size` (31 for SmallInception on CPU; on 2 CPU
     cores 3,072 GTSRB images took 6.8 s at 64 against 11.8 s at 512, where the 32x32x256
     Inception output of a large batch spills the caches); the same numbers at any size.
 
@@ -84,15 +73,15 @@ def activations(
         images: (N, 32, 32, 3) uint8.
         normalizer: maps [0, 1] inputs to the model's input (None: feed [0, 1]).
     """
-    device = next(model.parameters()).device
     module = resolve_layer(model, layer)
     model.eval()
+    batches = model_inputs(model, images, normalizer, batch_size)  # probes the batch size before the hook
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach().flatten(1).float().cpu()))
     feats = []
     try:
         with progress(total=len(images), desc=desc, unit="img") as bar:
-            for _, x in _input_batches(images, normalizer, batch_size, device, model):
+            for _, x in batches:
                 captured.clear()
                 model(x)
                 feats.append(captured[-1])
@@ -397,7 +386,7 @@ def lrp_heatmaps(
     Relevance starts at the logit of ``labels[i]`` (the sample's label). The
     model is left unchanged (zennit removes its hooks and canonizers on exit).
     Weights are frozen during LRP (no weight gradients: ~10 % faster). ``batch_size``
-    None: :func:`auto_batch_size` (31 for SmallInception on CPU, where 128 and 256 were
+    None: :func:`poisonsift.utils.auto_batch_size` (31 for SmallInception on CPU, where 128 and 256 were
     2.5x and 3.7x slower than 32-64 on 2 CPU threads: cache misses).
 
     ``precision``: ``float32`` (default) gives zennit's EpsilonGammaBox heatmaps to float
@@ -423,12 +412,13 @@ def lrp_heatmaps(
                       "there and slower than float32", RuntimeWarning, stacklevel=2)  # fmt: skip
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     out = np.empty((len(images), images.shape[1], images.shape[2]), dtype=np.float32)
+    batches = model_inputs(model, images, normalizer, batch_size)  # probes the batch size before zennit's hooks
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
         with Gradient(model=model, composite=comp) as attributor, progress(total=len(images), desc=desc, unit="img") as bar:
-            for s, x in _input_batches(images, normalizer, batch_size, device, model):
+            for s, x in batches:
                 y = labels_t[s : s + len(x)].to(device)
 
                 def start(logits: torch.Tensor) -> torch.Tensor:

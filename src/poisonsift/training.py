@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ __all__ = [
     "train",
     "TrainResult",
     "predict",
+    "model_inputs",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -163,6 +164,25 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def model_inputs(model: nn.Module, images: np.ndarray, normalizer: Normalizer | None, batch_size: int | None = None,
+                 device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:  # fmt: skip
+    """(start, batch) pairs: (N, 32, 32, 3) uint8 images as the model's normalised float input,
+    on ``device`` (default: the model's), ``batch_size`` at a time.
+
+    ``batch_size`` None: :func:`poisonsift.utils.auto_batch_size`, found by a probe forward
+    pass of the first image now, when this is called - so call it before hooking the model.
+    """
+    device = device or next(model.parameters()).device
+
+    def prepare(chunk: np.ndarray) -> torch.Tensor:
+        x = to_float(torch.from_numpy(chunk).to(device))
+        return normalizer(x) if normalizer is not None else x
+
+    if batch_size is None:
+        batch_size = auto_batch_size(model, prepare(images[:1])) if len(images) else 1
+    return ((s, prepare(images[s : s + batch_size])) for s in range(0, len(images), batch_size))
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -178,16 +198,11 @@ def predict(
     ``batch_size`` None: :func:`poisonsift.utils.auto_batch_size` (31 for SmallInception on
     CPU; on 2 CPU cores 64 was 2.5x faster than 1024: 6.8 s against 17 s for 3,072 images).
     """
-    device = device or next(model.parameters()).device
     model.eval()
-    if batch_size is None:
-        probe = normalizer(to_float(torch.from_numpy(images[:1]).to(device))) if len(images) else None
-        batch_size = auto_batch_size(model, probe) if probe is not None else 1
     out = []
     with progress(total=len(images), desc=desc or "predict", unit="img", disable=desc is None or None) as bar:
-        for s in range(0, len(images), batch_size):
-            x = to_float(torch.from_numpy(images[s : s + batch_size]).to(device))
-            logits = model(normalizer(x)).float()
+        for _, x in model_inputs(model, images, normalizer, batch_size, device):
+            logits = model(x).float()
             out.append(logits if return_logits else logits.argmax(1))
             bar.update(len(x))
     res = torch.cat(out).cpu().numpy() if out else np.zeros((0,), dtype=np.int64)
