@@ -310,3 +310,34 @@ def test_positive_gamma_refuses_negative_inputs():
     comp = Composite(module_map=lambda ctx, name, m: rule if isinstance(m, nn.Conv2d) else None)
     with Gradient(model=conv, composite=comp) as attr, pytest.raises(RuntimeError, match="negative input"):
         attr(-torch.rand(1, 3, 8, 8).requires_grad_(True), torch.ones_like)
+
+
+def test_fast_gamma_after_a_relu_takes_one_transposed_convolution(monkeypatch):
+    """Where a ReLU follows, no relevance reaches z < 0 and the non-negative rule needs one
+    transposed convolution instead of two - with zennit's numbers; relevance at z < 0 (no ReLU)
+    takes the general two-product path."""
+    from zennit.attribution import Gradient
+    from zennit.core import Composite
+    from zennit.rules import Gamma
+
+    import poisonsift.explain as ex
+
+    calls = []
+    real = ex._input_grad
+    monkeypatch.setattr(ex, "_input_grad", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.uniform_(-0.5, 0.5)
+    x = torch.rand(3, 4, 8, 8)
+    for model, expected_calls in ((nn.Sequential(conv, nn.ReLU()), 1), (conv, 2)):
+        maps = []
+        for rule in (Gamma(), ex.fast_gamma_rule(signed=False)):
+            comp = Composite(module_map=lambda ctx, name, m, rule=rule: rule if isinstance(m, nn.Conv2d) else None)
+            calls.clear()
+            with Gradient(model=model, composite=comp) as attr:
+                maps.append(attr(x.clone().requires_grad_(True), torch.ones_like)[1])
+        assert len(calls) == expected_calls
+        ref, fast = maps
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))

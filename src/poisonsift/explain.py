@@ -196,8 +196,15 @@ class _GammaConv(torch.autograd.Function):
         x, inv, inv_abs = ctx.saved_tensors
         conv, g, dt = ctx.conv, ctx.gamma, ctx.compute_dtype
         w = conv.weight
-        u = _input_grad(conv, (w * (1 + g / 2)).to(dt), (rel * inv).to(dt), x.shape).to(x.dtype)
-        v = _input_grad(conv, (w.abs() * (g / 2)).to(dt), (rel * inv_abs).to(dt), x.shape)
+        s, s_sign = rel * inv, rel * inv_abs
+        if not ctx.signed and torch.equal(s, s_sign):
+            # No relevance where z < 0 - the case whenever a ReLU follows (its output is 0 there,
+            # and every rule after it is input-proportional): then both products read the same
+            # s, and (1 + g/2) W + (g/2) |W| = W + g W+, so one transposed convolution does.
+            r = _input_grad(conv, (w + w.clamp(min=0) * g).to(dt), s.to(dt), x.shape).to(x.dtype)
+            return r.mul_(x), None, None, None, None, None, None
+        u = _input_grad(conv, (w * (1 + g / 2)).to(dt), s.to(dt), x.shape).to(x.dtype)
+        v = _input_grad(conv, (w.abs() * (g / 2)).to(dt), s_sign.to(dt), x.shape)
         if ctx.signed:
             return u.mul_(x).addcmul_(v, x.abs()), None, None, None, None, None, None
         return u.add_(v).mul_(x), None, None, None, None, None, None
