@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--epochs", type=int, default=2, help="training epochs (default 2: about 5 minutes on 2 CPU cores)")
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
-                         "(default: the whole class - about 24 s on 2 CPU cores for 2,776 images)")
+                         "(default: the whole class - about 19 s on 2 CPU cores for 2,776 images)")
     add_lrp_precision(de)
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
