@@ -307,17 +307,11 @@ class FastEngine:
                 if len(active) == 0:
                     break
                 Ca, rows_a = C[active], sel[active]
-                _, T = _egw(
-                    lambda T, i, Ca=Ca: torch.bmm(Ca[i], T),
-                    lambda X, i, r=rows_a: g.apply_C(X.transpose(1, 2), r[i]).transpose(1, 2),
-                    (Ca * Ca) @ p, g.c[rows_a], p.expand(len(rows_a), -1), g.p[rows_a],
-                    cfg.epsilon, cfg.bary_max_iter, 1e-4,
-                    T0=plans[active] if plans is not None and cfg.warm_start else None, value=False,
-                )  # fmt: skip
+                T = _plans_to_members(g, Ca, rows_a, p, cfg, plans[active] if plans is not None and cfg.warm_start else None)
                 if plans is None:
                     plans = torch.empty(len(sel), *T.shape[1:], dtype=T.dtype, device=T.device)
                 plans[active] = T
-                Cn = torch.bmm(T, g.apply_C(T.transpose(1, 2), rows_a)) / torch.outer(p, p)
+                Cn = _member_structures(g, T, rows_a) / torch.outer(p, p)
                 err = torch.linalg.vector_norm((Cn - Ca).flatten(1), dim=1)
                 C[active] = Cn
                 active = active[err > cfg.bary_tol]
@@ -342,23 +336,36 @@ class FastEngine:
                 C = g.m1[rows].mean().expand(m, m).clone()  # the fixed point the iterations reach
                 break
             Cprev = C
-            c1 = (C * C) @ p
             acc = torch.zeros_like(C)
             for s in range(0, len(rows), self.chunk):
                 sel = rows[s : s + self.chunk]
-                # POT: GW from the barycenter (source) to each member, inner tol 1e-4 and
-                # max_iter = the barycenter's max_iter. T is (B, m, P); X C_s' = (C_s X')'.
-                _, T = _egw(
-                    lambda T, i: C @ T,
-                    lambda X, i, sel=sel: g.apply_C(X.transpose(1, 2), sel[i]).transpose(1, 2),
-                    c1.expand(len(sel), -1), g.c[sel], p.expand(len(sel), -1), g.p[sel],
-                    cfg.epsilon, cfg.bary_max_iter, 1e-4, T0=plans.get(s), value=False,
-                )  # fmt: skip
+                T = _plans_to_members(g, C, sel, p, cfg, plans.get(s))
                 if cfg.warm_start:
                     plans[s] = T
-                CsT = g.apply_C(T.transpose(1, 2), sel)  # (B, P, m) = C_s T'
-                acc += lam * torch.bmm(T, CsT).sum(0)
+                acc += lam * _member_structures(g, T, sel).sum(0)
             C = acc / torch.outer(p, p)
             if torch.linalg.vector_norm(C - Cprev) <= cfg.bary_tol:
                 break
         return C.cpu().numpy(), np.full(m, 1.0 / m)
+
+
+def _plans_to_members(g: GridClouds, C: torch.Tensor, rows: torch.Tensor, p: torch.Tensor, cfg,
+                      T0: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """(B, m, P) entropic GW plans from a barycenter structure C - (m, m) shared by all, or
+    (B, m, m) one per cloud - with weights p (m,) to the clouds ``rows`` (B,). As POT's
+    barycenter step: the barycenter is the source, inner tol 1e-4, max_iter = the barycenter's;
+    X C_s' is computed as (C_s X')'."""
+    left = (lambda T, i: torch.bmm(C[i], T)) if C.dim() == 3 else (lambda T, i: C @ T)
+    _, T = _egw(
+        left,
+        lambda X, i: g.apply_C(X.transpose(1, 2), rows[i]).transpose(1, 2),
+        ((C * C) @ p).expand(len(rows), -1), g.c[rows], p.expand(len(rows), -1), g.p[rows],
+        cfg.epsilon, cfg.bary_max_iter, 1e-4, T0=T0, value=False,
+    )  # fmt: skip
+    return T
+
+
+def _member_structures(g: GridClouds, T: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, m, m): T_i C_i T_i' for each plan T_i (m, P) and its cloud's C_i - the terms of the
+    barycenter update C = sum_i lambda_i T_i C_i T_i' / (p p')."""
+    return torch.bmm(T, g.apply_C(T.transpose(1, 2), rows))
