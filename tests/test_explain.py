@@ -341,3 +341,24 @@ def test_fast_gamma_after_a_relu_takes_one_transposed_convolution(monkeypatch):
         ref, fast = maps
         assert ref.abs().max() > 0
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_small_inception_lrp_takes_one_transposed_convolution_per_relu_layer(monkeypatch, tiny_data):
+    """Every convolution of SmallInception with a non-negative input is followed by its ReLU,
+    so each costs one transposed convolution; the three that read the (signed) image cost two."""
+    import poisonsift.explain as ex
+
+    model, norm = _randomised_bn_model(), Normalizer.fit(tiny_data.x_train)
+    composite = ex._composite(norm, "cpu", model)  # its probes run LRP too: build it first
+    calls = []
+    real = ex._input_grad
+    monkeypatch.setattr(ex, "_input_grad", lambda conv, *a: calls.append(conv) or real(conv, *a))
+    ex.lrp_heatmaps(model, tiny_data.x_train[:3], tiny_data.y_train[:3] % 6, norm, composite=composite)
+    nonneg = ex.nonnegative_input_convs(model, "cpu")
+    names = {id(m): n for n, m in model.named_modules()}
+    counts = {}
+    for conv in calls:
+        counts[names[id(conv)]] = counts.get(names[id(conv)], 0) + 1
+    assert len(nonneg) == 6 and all(counts[n] == 1 for n in nonneg)
+    assert sorted(n for n, c in counts.items() if c == 2) == sorted(
+        ["inception.branch5x5_1.conv", "inception.branch3x3dbl_1.conv", "inception.branch_pool.conv"])
