@@ -312,6 +312,15 @@ def test_positive_gamma_refuses_negative_inputs():
         attr(-torch.rand(1, 3, 8, 8).requires_grad_(True), torch.ones_like)
 
 
+def _count_input_grads(monkeypatch) -> list:
+    """The convolutions whose transposed product (``explain._input_grad``) runs, one entry per call."""
+    import poisonsift.explain as ex
+
+    calls, real = [], ex._input_grad
+    monkeypatch.setattr(ex, "_input_grad", lambda conv, *a: calls.append(conv) or real(conv, *a))
+    return calls
+
+
 def test_fast_gamma_after_a_relu_takes_one_transposed_convolution(monkeypatch):
     """Where a ReLU follows, no relevance reaches z < 0 and the non-negative rule needs one
     transposed convolution instead of two - with zennit's numbers; relevance at z < 0 (no ReLU)
@@ -322,9 +331,7 @@ def test_fast_gamma_after_a_relu_takes_one_transposed_convolution(monkeypatch):
 
     import poisonsift.explain as ex
 
-    calls = []
-    real = ex._input_grad
-    monkeypatch.setattr(ex, "_input_grad", lambda *a: calls.append(1) or real(*a))
+    calls = _count_input_grads(monkeypatch)
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1)
     with torch.no_grad():
@@ -350,9 +357,7 @@ def test_small_inception_lrp_takes_one_transposed_convolution_per_relu_layer(mon
 
     model, norm = _randomised_bn_model(), Normalizer.fit(tiny_data.x_train)
     composite = ex._composite(norm, "cpu", model)  # its probes run LRP too: build it first
-    calls = []
-    real = ex._input_grad
-    monkeypatch.setattr(ex, "_input_grad", lambda conv, *a: calls.append(conv) or real(conv, *a))
+    calls = _count_input_grads(monkeypatch)
     ex.lrp_heatmaps(model, tiny_data.x_train[:3], tiny_data.y_train[:3] % 6, norm, composite=composite)
     nonneg = ex.nonnegative_input_convs(model, "cpu")
     names = {id(m): n for n, m in model.named_modules()}
