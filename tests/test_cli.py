@@ -93,8 +93,15 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
         assert json.loads((run / f"detection-{method}.json").read_text()) == d
     auto = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--class", "auto")
     assert len(auto["ranking"]) == 6 and auto["class"] == auto["ranking"][0]["class"]
-    hc = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--lrp-precision", "bfloat16", "--view-samples", "0")
-    assert keys <= set(hc) and hc["lrp_precision"] == "bfloat16" and hc["config"]["lrp_precision"] == "bfloat16"
+    hc = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--view-samples", "0")
+    assert keys <= set(hc) and hc["lrp_rule"] == "paper" and hc["rule"] == "mixture" and "mixture" in hc
+    assert hc["config"]["decision"]["min_separation"] == 2.0
+    egb = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--lrp-rule", "epsilon-gamma-box",
+                   "--lrp-precision", "bfloat16", "--rule", "smaller", "--view-samples", "0")  # fmt: skip
+    assert egb["lrp_precision"] == "bfloat16" and egb["config"]["lrp_rule"] == "epsilon-gamma-box"
+    assert egb["rule"] == "smaller" and egb["n_flagged"] == min(egb["cluster_sizes"])
+    assert main(["detect", "--run", str(run), "--method", "hc", "--lrp-precision", "bfloat16"]) == 2
+    assert "paper LRP rule runs in float32" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--layer", "nope"]) == 2
     assert "valid layer names" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--class", "40"]) == 2

@@ -101,7 +101,7 @@ def test_hc_runs_on_any_model_and_is_deterministic():
 
 def test_bad_inputs():
     x, y, _ = poisoned_class()
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown detection method"):
         build_defence("magic")
     with pytest.raises(ConfigError, match="unknown layer 'nope'"):
         ActivationClustering(ACConfig(layer="nope")).detect(Probe(), x, y)

@@ -120,20 +120,29 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     import poisonsift.explain
 
     hc, ac = DetectSpec("hc").key(), DetectSpec("ac").key()
-    monkeypatch.setattr(poisonsift.explain, "LRP_CONFIG", "another LRP")  # new heatmaps: HC recomputes, AC not
+    monkeypatch.setitem(poisonsift.explain.LRP_CONFIGS, "paper", "another LRP")  # new heatmaps: HC recomputes, AC not
     assert DetectSpec("hc").key() != hc and DetectSpec("ac").key() == ac
+    # The LRP rule and the decision rule are part of the keys they change.
+    assert DetectSpec("hc", lrp_rule="epsilon-gamma-box").key() != DetectSpec("hc").key()
+    assert DetectSpec("ac", lrp_rule="epsilon-gamma-box").key() == DetectSpec("ac").key()
+    assert DetectSpec("hc", rule="smaller").key() != DetectSpec("hc").key()
+    assert DetectSpec("ac", rule="mixture").key() != DetectSpec("ac").key()
+    assert DetectSpec("ac").rule == "smaller" and DetectSpec("hc").rule == "mixture"
     with pytest.raises(ConfigError, match="view_samples"):
         DetectSpec("hc", view_samples=-1)
     # LRP precision: HC keys only; the default keys as before the field existed, and a cached
     # detection written before it (no such entry in its stored spec) is still this spec.
-    assert DetectSpec("hc", lrp_precision="bfloat16").key() != DetectSpec("hc").key()
+    egb = DetectSpec("hc", lrp_rule="epsilon-gamma-box")
+    assert DetectSpec("hc", lrp_rule="epsilon-gamma-box", lrp_precision="bfloat16").key() != egb.key()
     assert DetectSpec("ac", lrp_precision="bfloat16").key() == DetectSpec("ac").key()
     old = dataclasses.asdict(DetectSpec("hc"))
     del old["lrp_precision"]
-    assert ex._stored_spec(old) == DetectSpec("hc") != DetectSpec("hc", lrp_precision="bfloat16")
+    assert ex._stored_spec(old) == DetectSpec("hc") != egb
     assert ex._stored_spec({"method": "hc", "removed_field": 1}) is None
     with pytest.raises(ConfigError, match="LRP precision"):
         DetectSpec("hc", lrp_precision="float16")
+    with pytest.raises(ConfigError, match="paper LRP rule runs in float32"):
+        DetectSpec("hc", lrp_precision="bfloat16")
 
 
 def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):

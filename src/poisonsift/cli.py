@@ -162,12 +162,24 @@ def _detection_row(d: dict[str, Any]) -> str:
 DETECTION_HEADER = f"{'method':<9} {'n':>6} {'poison':>6} {'flagged':>6} {'ACC':>6} {'TPR':>6} {'TNR':>6} {'AUROC':>6} {'seconds':>8}"
 
 
+def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any):
+    """The :class:`~poisonsift.defences.DetectSpec` of ``detect``'s flags (built once, here)."""
+    from poisonsift.defences import ClusterRule, DetectSpec
+
+    decision = ClusterRule(min_separation=args.min_separation, tail_z=args.tail_z)
+    fields = dict(method=method or args.method, layer=getattr(args, "layer", None),
+                  engine=getattr(args, "engine", "fast"), subset=getattr(args, "subset", None), rule=args.rule,
+                  seed=args.seed, warm_start=getattr(args, "warm_start", True),
+                  view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
+                  lrp_rule=args.lrp_rule, decision=decision)  # fmt: skip
+    fields.update(over)
+    return DetectSpec(**fields)
+
+
 def cmd_detect(args: argparse.Namespace) -> None:
     from poisonsift.runs import detect_run
 
-    d = detect_run(args.run, args.method, cls=args.cls, layer=args.layer, engine=args.engine, seed=args.seed,
-                   subset=args.subset, rule=args.rule, warm_start=args.warm_start,
-                   view_samples=args.view_samples, lrp_precision=args.lrp_precision)  # fmt: skip
+    d = detect_run(args.run, detect_spec(args), cls=args.cls)
     human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
     if "ranking" in d:
         top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
@@ -199,8 +211,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     say(f"[5/5] detection on the target class: AC, and HC (fast engine) on {scope}")
     from poisonsift.runs import detect_run
 
-    dets = [detect_run(out, "ac", seed=args.seed),
-            detect_run(out, "hc", seed=args.seed, subset=args.hc_subset, lrp_precision=args.lrp_precision)]  # fmt: skip
+    dets = [detect_run(out, detect_spec(args, "ac", rule=None)),
+            detect_run(out, detect_spec(args, "hc", subset=args.hc_subset))]
     obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets,
            "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
     table = "\n".join([DETECTION_HEADER, *(_detection_row(d) for d in dets)])
@@ -239,13 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     def add_json(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
 
-    def add_lrp_precision(sp):
-        from poisonsift.explain import LRP_PRECISIONS
+    def add_hc_options(sp):
+        """The HC options shared by detect and demo: LRP rule and precision, the decision rule."""
+        from poisonsift.defences import HC_DEFAULT_RULE, RULES
+        from poisonsift.explain import LRP_PRECISIONS, LRP_RULES
 
+        sp.add_argument("--lrp-rule", default="paper", choices=LRP_RULES,
+                        help="hc: LRP rule: paper (the paper's epsilon rule with exponent 2, BatchNorm passed; "
+                             "default) or epsilon-gamma-box (zennit's composite, BatchNorm folded)")
         sp.add_argument("--lrp-precision", default="float32", choices=LRP_PRECISIONS,
-                        help="hc: LRP precision: float32 (zennit's heatmaps, default) or bfloat16 (the Gamma "
+                        help="hc with --lrp-rule epsilon-gamma-box: float32 (default) or bfloat16 (the Gamma "
                              "rules' extra convolutions in bfloat16: 1.2-1.5x faster LRP on CPUs with native "
                              "bfloat16, heatmaps within 0.7%% of their peak)")
+        sp.add_argument("--rule", default=None, choices=RULES,
+                        help=f"decision on the split (default: {HC_DEFAULT_RULE} for hc and ac-hc, smaller - the "
+                             "paper's - for the others); mixture and mixture-tail can call a class clean")
+        sp.add_argument("--min-separation", type=float, default=2.0,
+                        help="mixture rules: the least Ashman's D between the two modes for a suspicious class")
+        sp.add_argument("--tail-z", type=float, default=3.09,
+                        help="mixture-tail: flag beyond this many clean standard deviations (3.09: 0.1%% of a "
+                             "Gaussian clean class)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")
@@ -302,9 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--view-samples", type=_nonnegative_int, default=300,
                     help="hc: clouds in the MDS view of GW distances written to the .npz 'embedding' "
                          "(default 300; 0: GW distances to the two centres instead, no extra cost)")
-    add_lrp_precision(dt)
-    dt.add_argument("--rule", default="smaller", choices=["smaller", "relative-size", "silhouette"],
-                    help="which cluster is poisoned (default: the smaller)")
+    add_hc_options(dt)
     dt.add_argument("--seed", type=int, default=0)
     add_json(dt)
     dt.set_defaults(func=cmd_detect)
@@ -340,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
                          "(default: the whole class - about 19 s on 2 CPU cores for 2,776 images)")
-    add_lrp_precision(de)
+    add_hc_options(de)
     de.add_argument("--seed", type=int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)

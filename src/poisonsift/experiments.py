@@ -45,6 +45,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from poisonsift.defences.spec import METHODS as DETECT_METHODS
+from poisonsift.defences.spec import DetectSpec
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.utils import atomic_write_json, cache_dir, config_hash, progress
 
@@ -68,7 +70,6 @@ __all__ = [
 ]
 
 ATTACK_KINDS = ("standard", "label-consistent", "amplitude")
-DETECT_METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
 #: presets whose trainings want a GPU when one is offered (the Ray executor asks for one)
 GPU_PRESETS = frozenset({"paper"})
 TABLES = ("1", "2", "3", "4", "5", "fig6", "sizes")
@@ -176,47 +177,6 @@ class RunSpec:
 
 
 @dataclass
-class DetectSpec:
-    """One defence on the attacked class of a run (the options of ``poisonsift detect``)."""
-
-    method: str
-    layer: str | None = None
-    engine: str = "fast"
-    subset: int | None = None
-    rule: str = "smaller"
-    seed: int = 0
-    warm_start: bool = True
-    view_samples: int = 300  # HC's MDS view (HCConfig.view_samples); part of HC keys only
-    lrp_precision: str = "float32"  # HC's LRP precision (HCConfig.lrp_precision); HC keys only
-
-    def __post_init__(self) -> None:
-        if self.method not in DETECT_METHODS:
-            raise ConfigError(f"unknown detection method {self.method!r}; use one of {', '.join(DETECT_METHODS)}")
-        if self.subset is not None and self.subset < 2:
-            raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
-        if self.view_samples < 0:
-            raise ConfigError(f"view_samples must be >= 0, got {self.view_samples}")
-        from poisonsift.explain import lrp_dtype
-
-        lrp_dtype(self.lrp_precision)  # a ConfigError naming the valid ones
-
-    def key(self) -> str:
-        fields = dataclasses.asdict(self)
-        if self.method in ("hc", "ac-hc"):
-            from poisonsift.explain import LRP_CONFIG
-
-            fields["lrp"] = LRP_CONFIG  # new heatmaps, new HC results
-        else:
-            del fields["view_samples"]  # no effect on other defences: their cached results stay valid
-        if self.lrp_precision == "float32" or self.method not in ("hc", "ac-hc"):
-            del fields["lrp_precision"]  # the default keys as before this field existed
-        return config_hash({"version": KEY_VERSION, **fields})
-
-    def filename(self) -> str:
-        return f"{self.method}-{self.key()}.json"
-
-
-@dataclass
 class Column:
     """A table column: ``source`` is "metrics" (the run's metrics.json), "train", or a
     detection alias of the table (or "@row": the row's own detection); ``field`` the
@@ -275,7 +235,11 @@ def _rates(alias: str, prefix: str) -> list[Column]:
 
 
 def _ac_hc_ss(seed: int = 0) -> dict[str, DetectSpec]:
-    return {"AC": DetectSpec("ac", seed=seed), "HC": DetectSpec("hc", seed=seed), "SS": DetectSpec("spectral", seed=seed)}
+    """AC with the paper's ``smaller`` rule, AC with HC's rule (``AC*``), HC's defaults, Spectral Signatures."""
+    from poisonsift.defences import HC_DEFAULT_RULE
+
+    return {"AC": DetectSpec("ac", seed=seed), "AC*": DetectSpec("ac", seed=seed, rule=HC_DEFAULT_RULE),
+            "HC": DetectSpec("hc", seed=seed), "SS": DetectSpec("spectral", seed=seed)}  # fmt: skip
 
 
 PAPER_P = (0.33, 0.15, 0.10, 0.05, 0.02)
@@ -298,7 +262,7 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=train)
 
     det = _ac_hc_ss()
-    cols = [*_rates("AC", "AC"), *_rates("HC", "HC"), *_rates("SS", "SS")]
+    cols = [*_rates("AC", "AC"), *_rates("AC*", "AC*"), *_rates("HC", "HC"), *_rates("SS", "SS")]
     plist = tuple(ps) if ps is not None else PAPER_P
     if name == "1":
         rows = [Row({"p": round(p * 100)}, [run("standard", p)]) for p in plist]
@@ -325,7 +289,7 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         n = 10 if repeats is None else repeats
         p5 = tuple(ps) if ps is not None else (0.33, 0.15)
         rows = [Row({"p": round(p * 100)}, [run("label-consistent", p, seed=s) for s in range(n)]) for p in p5]
-        ac_hc = {k: v for k, v in det.items() if k != "SS"}
+        ac_hc = {k: v for k, v in det.items() if k in ("AC", "HC")}
         return TableSpec("5", f"Detection over {n} repeats (label-consistent, s = 3): mean and variance", "p", rows,
                          [*_rates("AC", "AC"), *_rates("HC", "HC")], ac_hc)  # fmt: skip
     if name == "sizes":
@@ -465,10 +429,7 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
         res = read_json(path)
         if _stored_spec(res.get("spec")) == spec:
             return {**res, "path": str(path), "computed": False}
-    res = detect_run(task["dir"], spec.method, layer=spec.layer, engine=spec.engine, seed=spec.seed,
-                     subset=spec.subset, rule=spec.rule, device=task.get("device"), out=path,
-                     warm_start=spec.warm_start, view_samples=spec.view_samples, lrp_precision=spec.lrp_precision,
-                     extra={"spec": dataclasses.asdict(spec)})  # fmt: skip
+    res = detect_run(task["dir"], spec, device=task.get("device"), out=path, extra={"spec": spec.to_dict()})
     return {**res, "path": str(path), "computed": True}
 
 

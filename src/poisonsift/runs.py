@@ -180,21 +180,14 @@ def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
 
 def detect_run(
     run: str | os.PathLike,
-    method: str,
+    spec: "DetectSpec | str",
     cls: int | str | None = None,
-    layer: str | None = None,
-    engine: str = "fast",
-    seed: int = 0,
-    subset: int | None = None,
-    rule: str = "smaller",
     device=None,
     out: str | os.PathLike | None = None,
-    warm_start: bool = True,
     extra: dict[str, Any] | None = None,
-    view_samples: int = 300,
-    lrp_precision: str = "float32",
 ) -> dict[str, Any]:
-    """Run a defence on one class of ``run/poisoned.npz`` with ``run/model.pt``.
+    """Run the defence of ``spec`` (a :class:`~poisonsift.defences.DetectSpec`, or a method name
+    with every default) on one class of ``run/poisoned.npz`` with ``run/model.pt``.
 
     ``cls``: a class index, ``"auto"`` (the top of :func:`~poisonsift.defences.rank_classes`),
     or None (the attack's target class from ``attack.json``). Metrics are
@@ -205,12 +198,14 @@ def detect_run(
     ``rows`` (indices into ``y_train``), ``truth``, ``is_poisoned``, ``scores``,
     ``cluster_labels`` and ``embedding`` ((N, 2), NaN where not available; for HC an MDS
     embedding of GW distances of ``view_samples`` seeded clouds, see ``HCConfig.view_samples``).
-    ``lrp_precision``: HC's LRP precision (``HCConfig.lrp_precision``).
-    ``extra`` entries are added to the summary before it is written.
+    The summary's ``config`` is the whole spec. ``extra`` entries are added before it is written.
     """
-    from poisonsift.defences import build_defence, rank_classes
+    from poisonsift.defences import DetectSpec, build_defence, rank_classes
     from poisonsift.metrics import detection_metrics
 
+    if isinstance(spec, str):
+        spec = DetectSpec(spec)
+    method, seed, subset = spec.method, spec.seed, spec.subset
     run = Path(run)
     pd = load_poisoned(run / "poisoned.npz")
     model, norm = load_checkpoint(run / "model.pt", device)
@@ -227,9 +222,7 @@ def detect_run(
     rows = np.flatnonzero(pd.y_train == cls)
     if len(rows) < 2:
         raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
-    defence = build_defence(method, seed=seed, layer=layer, engine=engine, subset=subset, rule=rule,
-                            cache_dir=str(run / "cache"), warm_start=warm_start,  # LRP heatmaps, reused by later hc / ac-hc runs
-                            view_samples=view_samples, lrp_precision=lrp_precision)  # fmt: skip
+    defence = build_defence(spec, cache_dir=str(run / "cache"))  # LRP heatmaps, reused by later hc / ac-hc runs
     res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
@@ -249,18 +242,20 @@ def detect_run(
         }
     )
     if method in ("hc", "ac-hc"):
-        summary["engine"] = engine
-        summary["warm_start"] = warm_start
-        summary["lrp_precision"] = lrp_precision
+        summary["engine"] = spec.engine
+        summary["warm_start"] = spec.warm_start
+        summary["lrp_precision"] = spec.lrp_precision
+        summary["lrp_rule"] = spec.lrp_rule
         if "view" in res.analysis:
             summary["view"] = res.analysis["view"]
     if subset is not None:
         summary["subset"] = subset
     if ranking is not None:
         summary["ranking"] = ranking
-    summary["config"] = {"method": method, "class": cls, "layer": layer, "engine": engine, "subset": subset,
-                         "rule": rule, "seed": seed, "warm_start": warm_start, "view_samples": view_samples,
-                         "lrp_precision": lrp_precision}  # fmt: skip
+    summary["rule"] = spec.rule
+    if "mixture" in res.analysis:
+        summary["mixture"] = res.analysis["mixture"]
+    summary["config"] = {**spec.to_dict(), "class": cls}
     summary.update(extra or {})
     path = Path(out) if out is not None else run / f"detection-{method}.json"
     emb = res.embedding if res.embedding is not None else np.full((len(rows), 2), np.nan)

@@ -159,8 +159,12 @@ class TrainResult:
 
 
 def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+    """bfloat16 autocast where the device computes it natively. Without AVX512-BF16 / AMX a CPU
+    emulates bfloat16: measured on a 2-core AVX2 machine, the ``cpu`` preset trained at 3 images/s
+    with it against ~100 without, so ``bf16=True`` means "where native" (see utils.native_bfloat16)."""
+    from poisonsift.utils import native_bfloat16
+
+    enabled = enabled and native_bfloat16(device) is not False
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

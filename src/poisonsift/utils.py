@@ -25,6 +25,7 @@ __all__ = [
     "default_device",
     "tune_allocator",
     "auto_batch_size",
+    "native_bfloat16",
 ]
 
 
@@ -158,3 +159,23 @@ def auto_batch_size(model: torch.nn.Module, sample: torch.Tensor, cap: int = 64)
         for h in hooks:
             h.remove()
     return max(1, min(cap, (_MMAP_LIMIT - 4096) // max(largest[0], 1)))
+
+
+def native_bfloat16(device) -> bool | None:
+    """Whether ``device`` computes bfloat16 convolutions natively (None: cannot tell).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX512-BF16 or AMX-BF16 flag in
+    /proc/cpuinfo (Linux); without it oneDNN emulates bfloat16 and ``--lrp-precision
+    bfloat16`` is slower than float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags if flags else None

@@ -32,9 +32,11 @@ from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.training import Normalizer, model_inputs
-from poisonsift.utils import progress
+from poisonsift.utils import native_bfloat16, progress
 
 __all__ = [
+    "LRP_RULES",
+    "check_lrp_rule",
     "resolve_layer",
     "activations",
     "lrp_heatmaps",
@@ -91,6 +93,19 @@ def activations(
     return torch.cat(feats).numpy()
 
 
+#: LRP rules: ``paper`` (the paper's code: epsilon rule with exponent 2, BatchNorm passed; see
+#: :mod:`poisonsift.explain.paper_rule`) and ``epsilon-gamma-box`` (zennit's EpsilonGammaBox with
+#: BatchNorm folded). HC's default is ``paper``.
+LRP_RULES = ("paper", "epsilon-gamma-box")
+
+
+def check_lrp_rule(rule: str) -> str:
+    """``rule`` if it names an LRP rule, else a :class:`ConfigError` listing the valid ones."""
+    if rule not in LRP_RULES:
+        raise ConfigError(f"unknown LRP rule {rule!r}; use one of {', '.join(LRP_RULES)}")
+    return rule
+
+
 #: LRP precisions: ``float32`` (zennit's numbers to float precision) or ``bfloat16`` (the
 #: Gamma rules' extra convolutions in bfloat16; see :func:`lrp_heatmaps`).
 LRP_PRECISIONS = ("float32", "bfloat16")
@@ -101,26 +116,6 @@ def lrp_dtype(precision: str) -> torch.dtype:
     if precision not in LRP_PRECISIONS:
         raise ConfigError(f"unknown LRP precision {precision!r}; use one of {', '.join(LRP_PRECISIONS)}")
     return getattr(torch, precision)
-
-
-def native_bfloat16(device) -> bool | None:
-    """Whether ``device`` computes bfloat16 convolutions natively (None: cannot tell).
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX512-BF16 or AMX-BF16 flag in
-    /proc/cpuinfo (Linux); without it oneDNN emulates bfloat16 and ``--lrp-precision
-    bfloat16`` is slower than float32.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags if flags else None
 
 
 def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, in_shape) -> torch.Tensor:
@@ -391,8 +386,12 @@ def lrp_heatmaps(
     composite=None,
     desc: str = "LRP",
     precision: str = "float32",
+    rule: str = "epsilon-gamma-box",
 ) -> np.ndarray:
-    """LRP relevance maps, (N, 32, 32) float32, summed over colour channels.
+    """LRP relevance maps, (N, H, W) float32, summed over colour channels.
+
+    ``rule``: ``epsilon-gamma-box`` (zennit's composite, the notes below) or ``paper`` (the
+    paper's epsilon rule with exponent 2, :mod:`poisonsift.explain.paper_rule`; float32 only).
 
     Relevance starts at the logit of ``labels[i]`` (the sample's label). The
     model is left unchanged (zennit removes its hooks and canonizers on exit).
@@ -415,6 +414,13 @@ def lrp_heatmaps(
         raise DataError(f"{len(images)} images but {len(labels)} labels")
     device = next(model.parameters()).device
     model.eval()
+    check_lrp_rule(rule)
+    if composite is None and rule == "paper":
+        from poisonsift.explain.paper_rule import paper_composite
+
+        if precision != "float32":
+            raise ConfigError(f"LRP precision {precision!r} is for the epsilon-gamma-box rule; the paper rule is float32")
+        composite = paper_composite()
     comp = composite if composite is not None else _composite(normalizer, device, model, precision=precision)
     if precision == "bfloat16" and composite is None and native_bfloat16(device) is False:
         import warnings
@@ -451,9 +457,12 @@ def lrp_heatmaps(
 #: A faster computation of the same values (the custom Gamma functions match the previous
 #: ones to 5e-7 of the peak) keeps the key, and with it the cached heatmaps.
 LRP_CONFIG = "EpsilonGammaBox(positive Gamma)+BatchNorm folded exactly"
+#: The same for each rule of :data:`LRP_RULES` (``epsilon-gamma-box`` keys as before rules existed).
+LRP_CONFIGS = {"epsilon-gamma-box": LRP_CONFIG, "paper": "paper e-rule exponent 2 eps 1e-6, BatchNorm passed"}
 
 
-def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer, precision: str = "float32") -> str:
+def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer, precision: str = "float32",
+                 rule: str = "epsilon-gamma-box") -> str:  # fmt: skip
     import hashlib
 
     h = hashlib.sha256()
@@ -463,27 +472,28 @@ def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, norma
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(repr(normalizer).encode())
-    h.update(LRP_CONFIG.encode())
+    h.update(LRP_CONFIGS[check_lrp_rule(rule)].encode())
     if precision != "float32":  # float32 keys as before, so existing caches stay valid
         h.update(precision.encode())
     return h.hexdigest()[:20]
 
 
 def cached_lrp_heatmaps(model, images, labels, normalizer=None, cache_dir=None, batch_size: int | None = None,
-                        precision: str = "float32") -> np.ndarray:  # fmt: skip
+                        precision: str = "float32", rule: str = "epsilon-gamma-box") -> np.ndarray:  # fmt: skip
     """:func:`lrp_heatmaps`, stored in ``cache_dir`` under a key of the model's weights, the
-    images, the labels, the normaliser, the LRP configuration and precision (no cache when None)."""
+    images, the labels, the normaliser, the LRP rule and precision (no cache when None)."""
     lrp_dtype(precision)
+    check_lrp_rule(rule)
     if cache_dir is None:
-        return lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision)
+        return lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision, rule=rule)
     from pathlib import Path
 
     from poisonsift.utils import atomic_write_bytes
 
-    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer, precision)}.npy"
+    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer, precision, rule)}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)
-    heat = lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision)
+    heat = lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision, rule=rule)
     import io
 
     buf = io.BytesIO()

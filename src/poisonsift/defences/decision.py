@@ -1,0 +1,145 @@
+"""How a two-way split of one class becomes a poisoned / clean decision (:class:`ClusterRule`).
+
+Every clustering defence ends in (N, 2) distances of each sample to two centres (Euclidean
+squared for k-means, the entropic GW loss for Heatmap Clustering). The smaller cluster is the
+candidate poison (poison is the minority of a class). Rules:
+
+* ``smaller`` (the paper's and Activation Clustering's): the smaller cluster is poisoned;
+* ``relative-size``: clusters holding less than ``size_threshold`` of the class (ART's 0.35);
+* ``silhouette``: the smaller cluster if the split's silhouette reaches ``silhouette_threshold``;
+* ``mixture``: reads the distribution of the split statistic t = d(clean)^2 - d(poisoned)^2
+  (a projection on the axis between the centres; for HC at the paper's settings a linear
+  function of each cloud's mean pairwise distance E[d]). A one- and a two-component Gaussian
+  mixture are fitted to t; the class is suspicious only if BIC prefers two components **and**
+  they are separated (Ashman's D = |m1 - m2| / sqrt((s1^2 + s2^2) / 2) >= ``min_separation``,
+  2 by default: below it two Gaussians make one skewed hump, as clean classes do) **and** the
+  minority holds at least ``min_weight`` of the class. Then a sample is poisoned where the
+  minority component's posterior exceeds 1/2;
+* ``mixture-tail``: the same test of the class, but a sample is poisoned where t lies beyond the
+  clean component's one-sided ``tail_z`` quantile (3.09: a clean sample is flagged with
+  probability 0.001 under the fitted clean Gaussian) towards the poisoned mode - a per-sample
+  test against the clean distribution, for a poisoned mode with a long tail towards the clean one.
+
+Scores (higher = more likely poisoned, for AUROC) are t oriented towards the poisoned side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from poisonsift.errors import ConfigError
+
+__all__ = ["ClusterRule", "RULES", "MIXTURE_RULES", "decide_split", "mixture_test"]
+
+RULES = ("smaller", "relative-size", "silhouette", "mixture", "mixture-tail")
+MIXTURE_RULES = ("mixture", "mixture-tail")
+
+
+@dataclass
+class ClusterRule:
+    """Which samples of a two-way split are poisoned (see the module docstring)."""
+
+    rule: str = "smaller"
+    size_threshold: float = 0.35
+    silhouette_threshold: float = 0.10
+    min_separation: float = 2.0
+    min_weight: float = 0.005
+    tail_z: float = 3.09
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"unknown cluster rule {self.rule!r}; use one of {', '.join(RULES)}")
+        if not 0 < self.size_threshold < 1 or not 0 <= self.min_weight < 0.5:
+            raise ConfigError("size_threshold must be in (0, 1) and min_weight in [0, 0.5)")
+        if self.min_separation < 0 or self.tail_z <= 0:
+            raise ConfigError("min_separation must be >= 0 and tail_z > 0")
+
+
+def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
+    """Fit one and two 1-D Gaussians to ``t`` (N,); the class test of the mixture rules.
+
+    Returns ``{"suspicious", "bic1", "bic2", "separation", "weights", "means", "stds",
+    "minority", "posterior"}`` with ``posterior`` (N,) the minority component's posterior.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(t, dtype=np.float64).reshape(-1, 1)
+    scale = float(x.std())
+    out: dict[str, Any] = {"suspicious": False, "posterior": np.zeros(len(x))}
+    if len(x) < 4 or scale <= 0:
+        out.update(reason="too few samples or a constant statistic")
+        return out
+    z = (x - x.mean()) / scale
+    g1 = GaussianMixture(1, random_state=rule.seed).fit(z)
+    g2 = GaussianMixture(2, n_init=3, random_state=rule.seed, reg_covar=1e-6).fit(z)
+    w = g2.weights_
+    m = g2.means_[:, 0]
+    s = np.sqrt(g2.covariances_.reshape(2))
+    minority = int(np.argmin(w))
+    sep = float(abs(m[0] - m[1]) / np.sqrt((s[0] ** 2 + s[1] ** 2) / 2))
+    bic1, bic2 = float(g1.bic(z)), float(g2.bic(z))
+    post = g2.predict_proba(z)[:, minority]
+    out.update(
+        suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and w[minority] >= rule.min_weight),
+        bic1=bic1, bic2=bic2, separation=sep, weights=w.tolist(),
+        means=(m * scale + x.mean()).tolist(), stds=(s * scale).tolist(), minority=minority, posterior=post,
+    )  # fmt: skip
+    return out
+
+
+def decide_split(dist: np.ndarray, rule: ClusterRule, silhouette: float | None = None):
+    """Turn (N, 2) squared distances to two centres into a decision.
+
+    Returns ``(cluster_labels, scores, is_poisoned, poisoned_clusters, suspicious, analysis)``:
+    labels are the nearest centres (for the mixture rules: the decided groups, the poisoned
+    group under the smaller k-means cluster's index), scores the oriented split statistic.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    labels = dist.argmin(1)
+    k = dist.shape[1]
+    sizes = np.bincount(labels, minlength=k)
+    rel = sizes / sizes.sum()
+    analysis: dict[str, Any] = {"rule": rule.rule, "relative_sizes": rel.tolist(), "silhouette": silhouette}
+    smaller = int(np.argmin(sizes))
+    if k != 2:
+        scores = -dist[:, smaller]
+    else:
+        scores = dist[:, 1 - smaller] - dist[:, smaller]  # t: > 0 nearer the smaller cluster's centre
+    if rule.rule == "smaller":
+        poisoned = [smaller]
+    elif rule.rule == "relative-size":
+        poisoned = [int(j) for j in np.flatnonzero(rel < rule.size_threshold)]
+    elif rule.rule == "silhouette":
+        poisoned = [smaller] if (silhouette is not None and silhouette >= rule.silhouette_threshold) else []
+    else:
+        if k != 2:
+            raise ConfigError(f"the {rule.rule} rule needs a two-way split, got {k} clusters")
+        return _mixture_decision(scores, smaller, rule, analysis)
+    return labels, scores, np.isin(labels, poisoned), poisoned, bool(poisoned), analysis
+
+
+def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: dict[str, Any]):
+    mt = mixture_test(t, rule)
+    post = mt.pop("posterior")
+    analysis["mixture"] = mt
+    n = len(t)
+    if not mt["suspicious"]:
+        flagged = np.zeros(n, dtype=bool)
+    else:
+        minority = mt["minority"]
+        m_p, m_c = mt["means"][minority], mt["means"][1 - minority]
+        direction = 1.0 if m_p >= m_c else -1.0
+        t = t * direction  # oriented: higher = towards the poisoned mode
+        if rule.rule == "mixture":
+            flagged = post > 0.5
+        else:
+            s_c = mt["stds"][1 - minority]
+            flagged = (t - m_c * direction) / max(s_c, 1e-12) > rule.tail_z
+        flagged &= t > m_c * direction  # never flag the far side of the clean mode
+    labels = np.where(flagged, smaller, 1 - smaller)
+    poisoned = [smaller] if flagged.any() else []
+    return labels, t, flagged, poisoned, bool(flagged.any()), analysis

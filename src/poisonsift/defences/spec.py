@@ -1,0 +1,117 @@
+"""One typed description of a detection (:class:`DetectSpec`), built once at the edge (CLI,
+table spec) and passed down whole to :func:`build_defence` and ``runs.detect_run``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from poisonsift.defences.activation import ACConfig, ActivationClustering
+from poisonsift.defences.decision import ClusterRule
+from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering
+from poisonsift.defences.raw import RawClustering, RawConfig
+from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
+from poisonsift.errors import ConfigError
+from poisonsift.gw import GWKMeansConfig
+from poisonsift.models import DEFAULT_HIDDEN_LAYER
+from poisonsift.utils import config_hash
+
+__all__ = ["DetectSpec", "METHODS", "build_defence", "default_rule"]
+
+METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
+_HC_METHODS = ("hc", "ac-hc")
+
+
+def default_rule(method: str) -> str:
+    """The decision rule a method takes when none is given: HC's measured default for HC; the
+    paper's ``smaller`` for AC and the raw-image clusterings (the paper's tables)."""
+    return HC_DEFAULT_RULE if method in _HC_METHODS else "smaller"
+
+
+@dataclass
+class DetectSpec:
+    """One defence on one class: every option of ``poisonsift detect``.
+
+    ``rule`` None takes :func:`default_rule` of the method; ``decision`` holds the rule's
+    parameters (:class:`~poisonsift.defences.decision.ClusterRule`, its ``rule`` and ``seed``
+    are set from this spec). ``lrp_rule``, ``lrp_precision`` and ``view_samples`` are HC's.
+    """
+
+    method: str
+    layer: str | None = None
+    engine: str = "fast"
+    subset: int | None = None
+    rule: str | None = None
+    seed: int = 0
+    warm_start: bool = True
+    view_samples: int = 300
+    lrp_precision: str = "float32"
+    lrp_rule: str = "paper"
+    decision: ClusterRule = field(default_factory=ClusterRule)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown detection method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.subset is not None and self.subset < 2:
+            raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
+        if self.view_samples < 0:
+            raise ConfigError(f"view_samples must be >= 0, got {self.view_samples}")
+        if isinstance(self.decision, dict):
+            self.decision = ClusterRule(**self.decision)
+        if self.rule is None:
+            self.rule = default_rule(self.method)
+        self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
+        if self.method in _HC_METHODS:
+            self.hc_config()  # validates the LRP rule and precision
+
+    def cluster_rule(self) -> ClusterRule:
+        return self.decision
+
+    def hc_config(self, cache_dir: str | None = None) -> HCConfig:
+        return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
+                        subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
+                        lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule)  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Cache key of the detection: every field that changes its result, and nothing else
+        (HC-only fields leave the keys of other defences alone)."""
+        fields = self.to_dict()
+        if self.method in _HC_METHODS:
+            from poisonsift.explain import LRP_CONFIGS
+
+            fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
+        else:
+            for k in ("view_samples", "lrp_precision", "lrp_rule"):
+                del fields[k]
+        if self.lrp_precision == "float32" and "lrp_precision" in fields:
+            del fields["lrp_precision"]
+        return config_hash({"version": 2, **fields})
+
+    def filename(self) -> str:
+        return f"{self.method}-{self.key()}.json"
+
+
+def build_defence(spec: DetectSpec | str, cache_dir: str | None = None):
+    """The defence object of a :class:`DetectSpec` (or of a method name with every default).
+
+    ``cache_dir``: where HC caches its LRP heatmaps (None: no cache).
+    """
+    if isinstance(spec, str):
+        spec = DetectSpec(spec)
+    r = spec.cluster_rule()
+    if spec.method in ("raw-pca", "raw-ica"):
+        return RawClustering(RawConfig(reducer=spec.method[4:], seed=spec.seed, rule=r))
+    layer = spec.layer or DEFAULT_HIDDEN_LAYER
+    if spec.method == "ac":
+        return ActivationClustering(ACConfig(layer=layer, seed=spec.seed, rule=r))
+    if spec.method == "spectral":
+        return SpectralSignatures(SpectralConfig(layer=layer))
+    hc = spec.hc_config(cache_dir)
+    if spec.method == "hc":
+        return HeatmapClustering(hc)
+    gate_ac = ACConfig(layer=layer, seed=spec.seed, rule=dataclasses.replace(r, rule="relative-size"))
+    return GatedHeatmapClustering(GateConfig(ac=gate_ac, hc=hc))

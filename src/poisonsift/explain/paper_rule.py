@@ -1,0 +1,147 @@
+"""The paper's LRP rule: the epsilon rule with exponent 2 of the paper's code ([11], 'e-rule').
+
+For every Conv2d, Linear and AvgPool2d layer, with x its input and W its weight:
+
+    z = layer(x^2, W^2) without bias,  z <- z + eps sign(z)  (z = 0: no relevance passes),
+    R_in = x^2 * layer'(R_out / z, W^2)
+
+(``layer'`` the transposed layer, i.e. the input gradient). Inputs and weights enter squared,
+so every contribution is >= 0 and each layer conserves relevance exactly (no bias in z). ReLU,
+max-pooling, concatenation, flattening and dropout (eval) pass relevance as the gradient does;
+BatchNorm passes it unchanged (no folding: the paper's code skips it). Average pooling is the
+linear layer with uniform weights, so it takes the same rule (uniform weights squared are
+uniform again).
+
+Two forms of the same rule:
+
+* :func:`paper_epsilon`, a zennit ``BasicHook`` (input and parameter modifiers, the plain form)
+  with :class:`paper_composite`: the reference;
+* :func:`fast_paper_rule` for Conv2d / Linear: a custom autograd function computing the same
+  relevance from one extra forward product and one transposed one (the BasicHook also runs the
+  layer's own backward, which it then discards). Tested against the plain form and against a
+  direct torch implementation of the formulas (tests/test_explain.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["paper_epsilon", "paper_composite", "safe_inverse", "fast_paper_rule", "PAPER_EPSILON", "PAPER_EXPONENT"]
+
+#: The paper's code: ``lrp_exponent=2``, epsilon 1e-6.
+PAPER_EXPONENT = 2
+PAPER_EPSILON = 1e-6
+
+_RULE_LAYERS = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
+
+
+def safe_inverse(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / (z + eps sign z), and 0 where z = 0 (such an output passes no relevance)."""
+    sign = torch.sign(z)
+    den = z + eps * sign
+    return torch.where(sign != 0, 1.0 / torch.where(sign != 0, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+def _power(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    return t * t if exponent == 2 else t.pow(exponent)
+
+
+def paper_epsilon(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
+    """The plain zennit form of the paper's rule: a ``BasicHook`` with input and parameter modifiers."""
+    from zennit.core import BasicHook, ParamMod
+
+    return BasicHook(
+        input_modifiers=[lambda x: _power(x, exponent)],
+        param_modifiers=[ParamMod(lambda w, name: _power(w, exponent), zero_params=["bias"], require_params=False)],
+        output_modifiers=[lambda z: z],
+        gradient_mapper=lambda g, outs: [g * safe_inverse(outs[0], epsilon)],
+        reducer=lambda ins, grads: ins[0] * grads[0],
+    )
+
+
+def _bn_pass():
+    """A zennit hook: BatchNorm's output unchanged, its relevance passed through unchanged.
+
+    ``out = x + (bn(x) - x).detach()`` has the BatchNorm's value and the identity as gradient:
+    the effect of zennit's ``Pass`` without a full backward hook per layer.
+    """
+    from zennit.core import Hook, RemovableHandle, RemovableHandleList
+
+    class BNPass(Hook):
+        def copy(self):
+            return BNPass()
+
+        def forward(self, module, args, output):
+            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
+                return None
+            return args[0] + (output - args[0]).detach()
+
+        def register(self, module):
+            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
+
+    return BNPass()
+
+
+class _PaperLinear(torch.autograd.Function):
+    """Forward: the layer's output z unchanged. Backward: R_in = x^2 * layer'(R / z2, W^2), z2 = layer(x^2, W^2)."""
+
+    @staticmethod
+    def forward(ctx, x, z, module, eps, exponent):
+        x2 = _power(x, exponent)
+        w2 = _power(module.weight, exponent)
+        z2 = module._conv_forward(x2, w2, None) if isinstance(module, nn.Conv2d) else nn.functional.linear(x2, w2)
+        ctx.save_for_backward(x2, safe_inverse(z2, eps))
+        ctx.module, ctx.exponent = module, exponent
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, rel):
+        from poisonsift.explain import _input_grad
+
+        x2, inv = ctx.saved_tensors
+        module = ctx.module
+        w2 = _power(module.weight, ctx.exponent)
+        s = rel * inv
+        if isinstance(module, nn.Conv2d):
+            r = _input_grad(module, w2, s, x2.shape)
+        else:
+            r = s @ w2
+        return r.mul_(x2), None, None, None, None
+
+
+def fast_paper_rule(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
+    """The paper's rule for a Conv2d or Linear layer as a custom autograd function (zennit hook template)."""
+    from zennit.core import Hook, RemovableHandle, RemovableHandleList
+
+    class FastPaper(Hook):
+        def copy(self):
+            return FastPaper()
+
+        def forward(self, module, args, output):
+            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
+                return None
+            return _PaperLinear.apply(args[0], output.detach(), module, epsilon, exponent)
+
+        def register(self, module):
+            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
+
+    return FastPaper()
+
+
+def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
+    """A zennit composite of the paper's rule: Conv2d / Linear / AvgPool2d by the rule, BatchNorm passed.
+
+    ``fast``: Conv2d and Linear through :func:`fast_paper_rule` (the same relevance, fewer
+    products); AvgPool2d always takes the plain :func:`paper_epsilon`.
+    """
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Pass
+
+    plain = paper_epsilon(epsilon, exponent)
+    layer_map = [
+        ((nn.Conv2d, nn.Linear), fast_paper_rule(epsilon, exponent) if fast else plain),
+        ((nn.AvgPool2d,), plain),
+        ((nn.modules.batchnorm._BatchNorm,), _bn_pass() if fast else Pass()),
+    ]
+    return LayerMapComposite(layer_map=layer_map)
