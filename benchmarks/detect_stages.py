@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from poisonsift.defences import ACConfig, ActivationClustering, HCConfig, HeatmapClustering
-from poisonsift.explain import LRP_PRECISIONS
+from poisonsift.explain import LRP_PRECISIONS, LRP_RULES
 from poisonsift.gw import GWKMeansConfig
 from poisonsift.metrics import detection_metrics
 from poisonsift.runs import load_poisoned, read_json
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lrp-precision", default="float32", choices=LRP_PRECISIONS)
+    ap.add_argument("--lrp-rule", default="paper", choices=LRP_RULES)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -57,7 +58,8 @@ def main() -> None:
     rows = np.flatnonzero(pd.y_train == cls)
     x, y, truth = pd.x_train[rows], pd.y_train[rows], pd.poison_mask[rows]
     model, norm = load_checkpoint(run / "model.pt")
-    hc_cfg = HCConfig(gw=GWKMeansConfig(seed=a.seed), engine=a.engine, subset=a.subset, lrp_precision=a.lrp_precision)
+    hc_cfg = HCConfig(gw=GWKMeansConfig(seed=a.seed), engine=a.engine, subset=a.subset, lrp_precision=a.lrp_precision,
+                      lrp_rule=a.lrp_rule)  # fmt: skip
     ac_runs, hc_runs, decisions = [], [], set()
     for _ in range(a.repeat):
         ac = ActivationClustering(ACConfig(seed=a.seed)).detect(model, x, y, norm)
@@ -69,7 +71,7 @@ def main() -> None:
         raise SystemExit("repeats gave different decisions: the timings would not compare like with like")
     ac_s = {k: min(r[k] for r in ac_runs) for k in ac_runs[0]}
     hc_s = {k: min(r[k] for r in hc_runs) for k in hc_runs[0]}
-    res = {"class": int(cls), "n": int(len(rows)), "engine": a.engine, "subset": a.subset, "lrp_precision": a.lrp_precision,
+    res = {"class": int(cls), "n": int(len(rows)), "engine": a.engine, "subset": a.subset, "lrp_precision": a.lrp_precision, "lrp_rule": a.lrp_rule,
            "repeat": a.repeat, "ac_seconds": ac_s, "hc_seconds": hc_s, "ac_runs": ac_runs, "hc_runs": hc_runs,
            "ac_total": sum(ac_s.values()),
            "hc_total": sum(v for k, v in hc_s.items() if k != "view")}  # fmt: skip
@@ -80,7 +82,7 @@ def main() -> None:
     if a.json:
         print(json.dumps(res))
         return
-    print(f"class {cls}: {len(rows)} images ({int(truth.sum())} poisoned); HC engine {a.engine}, LRP {a.lrp_precision}"
+    print(f"class {cls}: {len(rows)} images ({int(truth.sum())} poisoned); HC engine {a.engine}, LRP {a.lrp_rule} {a.lrp_precision}"
           + (f", subset {a.subset}" if a.subset else "") + (f"; each stage the minimum of {a.repeat} runs" if a.repeat > 1 else ""))
     print(f"{'stage':<24} {'seconds':>8}")
     for k, v in ac_s.items():

@@ -38,9 +38,9 @@ def compare(run: Path, cls: int | None) -> dict:
     with tempfile.TemporaryDirectory() as cache:  # timed once here, then HC reads them back
         for pr in ("float32", "bfloat16"):
             t = time.perf_counter()
-            heat[pr] = cached_lrp_heatmaps(model, x, y, norm, cache, precision=pr)
+            heat[pr] = cached_lrp_heatmaps(model, x, y, norm, cache, precision=pr, rule="epsilon-gamma-box")
             lrp_s = time.perf_counter() - t
-            res = HeatmapClustering(HCConfig(lrp_precision=pr, view_samples=0, cache_dir=cache)).detect(model, x, y, norm)
+            res = HeatmapClustering(HCConfig(lrp_precision=pr, lrp_rule="epsilon-gamma-box", view_samples=0, cache_dir=cache)).detect(model, x, y, norm)
             m = detection_metrics(truth, res.is_poisoned, res.scores)
             decisions[pr] = res.is_poisoned
             out[pr] = {"lrp_seconds": lrp_s, **{k: m[k] for k in ("acc", "tpr", "tnr", "auroc")}}

@@ -117,3 +117,34 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 36
     for name in ("poisoned.npz", "attack.json", "model.pt", "train.json", "metrics.json", "detection-ac.json"):
         assert (tmp_path / "demo" / name).is_file()
+
+
+@pytest.fixture
+def tiny_npz(tiny_data, tmp_path):
+    save_npz(tiny_data, tmp_path / "tiny.npz")
+    return tmp_path / "tiny.npz"
+
+
+def test_poison_bad_seed_and_out_file_are_one_error_line(tiny_npz, tmp_path, capsys):
+    out_file = tmp_path / "taken"
+    out_file.write_text("not a folder")
+    assert main(["poison", "--data", str(tiny_npz), "--attack", "standard", "--seed", "-1",
+                 "--out", str(tmp_path / "r")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "seed" in err[0] and "Traceback" not in err[0]
+    assert main(["poison", "--data", str(tiny_npz), "--attack", "standard", "--out", str(out_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "existing file" in err[0]
+
+
+def test_artefacts_take_the_umask_mode(tiny_npz, tmp_path, capsys):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["poison", "--data", str(tiny_npz), "--attack", "standard", "--out", str(tmp_path / "r")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("poisoned.npz", "attack.json"):
+        assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644

@@ -245,8 +245,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="poisonsift", description="Find backdoor-poisoned samples in image training sets.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="poisonsift", description="Find backdoor-poisoned samples in image training sets.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_json(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--surrogate", help="label-consistent: checkpoint of the surrogate (default: train one, cached)")
     po.add_argument("--surrogate-preset", default="cpu", choices=["cpu", "paper"])
     po.add_argument("--surrogate-epochs", type=int, default=None)
-    po.add_argument("--seed", type=int, default=0)
+    po.add_argument("--seed", type=_nonnegative_int, default=0)
     po.add_argument("--out", required=True, help="run directory")
     add_json(po)
     po.set_defaults(func=cmd_poison)
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", required=True, help="run directory made by `poisonsift poison`")
     tr.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     tr.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hc: clouds in the MDS view of GW distances written to the .npz 'embedding' "
                          "(default 300; 0: GW distances to the two centres instead, no extra cost)")
     add_hc_options(dt)
-    dt.add_argument("--seed", type=int, default=0)
+    dt.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(dt)
     dt.set_defaults(func=cmd_detect)
 
@@ -364,15 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="HC clusters a seeded random subset of this many images of the class "
                          "(default: the whole class - about 19 s on 2 CPU cores for 2,776 images)")
     add_hc_options(de)
-    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad flags reported as the one ``error: ...`` line every other error gets
+    (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, already reported)
+        return int(exc.code or 0)
     tune_allocator()
     try:
         args.func(args)

@@ -129,7 +129,7 @@ def _fig_heatmaps(run: str, figdir: Path) -> Path | None:
     if len(pick) == 0:
         return None
     model, norm = load_checkpoint(d / "model.pt")
-    heat = lrp_heatmaps(model, pd.x_train[pick], pd.y_train[pick], norm, desc="report LRP")
+    heat = lrp_heatmaps(model, pd.x_train[pick], pd.y_train[pick], norm, desc="report LRP", rule="paper")  # HC's default
     clouds = point_clouds(heat)
     fig, axes = plt.subplots(3, len(pick), figsize=(1.8 * len(pick), 5.6), squeeze=False)
     for j, i in enumerate(pick):
@@ -383,7 +383,7 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
         h += ["<h2>Poisoned training images</h2>", f"<img src='{rel(figs['examples'])}' alt='poisoned examples'>"]
         md += ["## Poisoned training images", "", f"![poisoned examples]({rel(figs['examples'])})", ""]
     if figs.get("heatmaps"):
-        cap = "LRP heatmaps (red positive relevance) and top-99 % point clouds (size = mass)"
+        cap = "LRP heatmaps (the paper's rule, HC's default; red positive relevance) and top-99 % point clouds (size = mass)"
         h += ["<h2>Heatmaps and point clouds</h2>", f"<p class='note'>{cap}, run {html.escape(str(hc_run))}</p>",
               f"<img src='{rel(figs['heatmaps'])}' alt='heatmaps'>"]  # fmt: skip
         md += ["## Heatmaps and point clouds", "", cap, "", f"![heatmaps]({rel(figs['heatmaps'])})", ""]

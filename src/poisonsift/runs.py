@@ -24,7 +24,7 @@ import torch
 
 from poisonsift.attacks import Attack, LabelConsistent, PoisonedData, attack_from_config
 from poisonsift.data import ImageData, read_npz, save_npz
-from poisonsift.errors import DataError
+from poisonsift.errors import ConfigError, DataError
 from poisonsift.metrics import attack_success_rate, clean_accuracy, mean_asr, per_class_asr
 from poisonsift.training import (
     Normalizer,
@@ -111,6 +111,10 @@ def poison_run(data: ImageData, attack: Attack, out: str | os.PathLike, seed: in
     attack) and ``poison_share`` (poisoned share of the target class).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; a run is a folder: choose a new or existing folder")
+    if seed < 0:
+        raise ConfigError(f"the seed must be a non-negative integer, got {seed}")
     pd = attack.poison(data, seed=seed)
     save_poisoned(pd, out / "poisoned.npz")
     target_size = int((pd.y_train == attack.target_class).sum())

@@ -34,12 +34,27 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename, so a killed run never leaves half a file."""
+    """Write ``data`` to ``path`` via a temporary file + rename, so a killed run never leaves half a file.
+
+    The file gets the mode any new file gets under the user's umask (0644 under the usual 022), not
+    the 0600 of the temporary file, so the others who share a disk or a cluster node can read a run.
+    """
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        from poisonsift.errors import DataError
+
+        raise DataError(f"{path.parent} is a file, not a folder; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
