@@ -73,9 +73,28 @@ class HeatmapClustering(_Base):
         t = time.perf_counter()
         heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size,
                                    cfg.lrp_precision, cfg.lrp_rule)  # fmt: skip
-        seconds = {"lrp": time.perf_counter() - t}
+        sub = self.cluster(heat, {"lrp": time.perf_counter() - t})
+        seconds = sub.seconds
+        if len(idx) == len(images):
+            return sub
+        full_labels = np.full(len(images), -1)
+        full_labels[idx] = sub.cluster_labels
+        scores = np.full(len(images), np.nan)
+        scores[idx] = sub.scores
+        flagged = np.zeros(len(images), dtype=bool)
+        flagged[idx] = sub.is_poisoned
+        sub.analysis.update(subset_index=idx.tolist())
+        embedding = np.full((len(images), 2), np.nan)
+        embedding[idx] = sub.embedding
+        return DetectionResult(full_labels, scores, flagged, sub.cluster_sizes, sub.poisoned_clusters,
+                               sub.suspicious, sub.analysis, seconds, embedding)  # fmt: skip
+
+    def cluster(self, heatmaps: np.ndarray, seconds: dict[str, float] | None = None) -> DetectionResult:
+        """The clustering half of HC on given (N, H, W) heatmaps: clouds -> GW k-means -> decision."""
+        cfg = self.config
+        seconds = dict(seconds or {})
         t = time.perf_counter()
-        clouds = point_clouds(heat, cfg.mass, cfg.fallback)
+        clouds = point_clouds(heatmaps, cfg.mass, cfg.fallback)
         seconds["clouds"] = time.perf_counter() - t
         t = time.perf_counter()
         km = gw_kmeans(clouds, cfg.gw, cfg.engine)
@@ -90,21 +109,9 @@ class HeatmapClustering(_Base):
             view[shown] = emb
             sub.analysis["view"] = {"kind": "mds-gw", "n": len(shown), "centres": centre_emb.tolist()}
             seconds["view"] = time.perf_counter() - t
-        if len(idx) == len(images):
-            sub.analysis["n_iter"] = km.n_iter
-            sub.embedding = view
-            return sub
-        full_labels = np.full(len(images), -1)
-        full_labels[idx] = sub.cluster_labels
-        scores = np.full(len(images), np.nan)
-        scores[idx] = sub.scores
-        flagged = np.zeros(len(images), dtype=bool)
-        flagged[idx] = sub.is_poisoned
-        sub.analysis.update(n_iter=km.n_iter, subset_index=idx.tolist())
-        embedding = np.full((len(images), 2), np.nan)
-        embedding[idx] = view
-        return DetectionResult(full_labels, scores, flagged, sub.cluster_sizes, sub.poisoned_clusters,
-                               sub.suspicious, sub.analysis, seconds, embedding)  # fmt: skip
+        sub.analysis["n_iter"] = km.n_iter
+        sub.embedding = view
+        return sub
 
 
 def _silhouette_from_centres(dist: np.ndarray, labels: np.ndarray) -> float:
