@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from poisonsift.training import (
     train,
 )
 from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, config_hash, default_device
+
+if TYPE_CHECKING:
+    from poisonsift.defences import DetectSpec
 
 __all__ = [
     "save_poisoned",
