@@ -176,15 +176,72 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
     return DetectSpec(**fields)
 
 
+def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
+    """``--class auto``: the top class of the run's scan (``scan.json`` of the same method if
+    there is one, else a new scan with the detection's options)."""
+    import dataclasses
+
+    from poisonsift.defences import MIXTURE_RULES
+    from poisonsift.scan import SCAN_METHODS, scan_run
+
+    method = spec.method if spec.method in SCAN_METHODS else "hc"
+    path = Path(run) / "scan.json"
+    scan = json.loads(path.read_text()) if path.is_file() else None
+    if scan is None or scan.get("method") != method:
+        rule = spec.rule if spec.rule in MIXTURE_RULES else "mixture"
+        scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule))
+    return int(scan["classes"][0]["class"]), scan["classes"]
+
+
 def cmd_detect(args: argparse.Namespace) -> None:
     from poisonsift.runs import detect_run
 
-    d = detect_run(args.run, detect_spec(args), cls=args.cls)
+    spec = detect_spec(args)
+    cls, ranking = args.cls, None
+    if cls == "auto":
+        cls, ranking = _scan_top_class(args.run, spec)
+    d = detect_run(args.run, spec, cls=cls)
     human = f"class {d['class']} ({d['n']} images)\n{DETECTION_HEADER}\n{_detection_row(d)}"
-    if "ranking" in d:
-        top = ", ".join(f"{r['class']} ({r['silhouette']:.2f})" for r in d["ranking"][:5])
-        human = f"most suspicious classes (silhouette): {top}\n" + human
+    if ranking is not None:
+        d["ranking"] = ranking
+        top = ", ".join(f"{r['class']} ({r['evidence']:.2f})" for r in ranking[:5])
+        human = f"most suspicious classes (scan evidence): {top}\n" + human
     _emit(args, d, human)
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    from poisonsift.runs import clean_run, evaluate_run, read_json, train_run
+    from poisonsift.training import TrainConfig
+
+    rec = clean_run(args.run, args.out, args.source)
+    obj = {k: v for k, v in rec.items() if k != "removed_rows"}
+    human = (f"removed {rec['removed']} images ({rec['removed_poisoned']} poisoned; {rec['poisoned_left']} poisoned "
+             f"left) -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
+    if args.retrain:
+        run = Path(args.run)
+        before = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else evaluate_run(run)
+        cfg = TrainConfig(**read_json(run / "train.json")["config"])  # the same preset and seed
+        train_run(args.out, cfg)
+        after = evaluate_run(args.out)
+        obj.update(clean_accuracy_before=before["clean_accuracy"], clean_accuracy_after=after["clean_accuracy"],
+                   asr_before=before["asr"], asr_after=after["asr"])  # fmt: skip
+        human += (f"\nretrained ({cfg.epochs} epochs, seed {cfg.seed}): clean accuracy {before['clean_accuracy']:.4f} -> "
+                  f"{after['clean_accuracy']:.4f}, ASR {before['asr']:.4f} -> {after['asr']:.4f}")  # fmt: skip
+    _emit(args, obj, human)
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    from poisonsift.scan import scan_run
+
+    s = scan_run(args.run, detect_spec(args, args.method), executor=args.executor, jobs=args.jobs,
+                 ray_address=args.ray_address)  # fmt: skip
+    lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8}  suspicious"]
+    lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.2f}  {'yes' if e['suspicious'] else ''}"
+              for e in s["classes"][:10]]  # fmt: skip
+    lines.append(f"suspicious classes: {s['suspicious_classes'] or 'none'}; {s['n_flagged']} images flagged"
+                 + (f" (TPR {s['tpr']:.4f}, TNR {s['tnr']:.4f} against the run's ground truth)" if "tpr" in s else "")
+                 + f"; {s['seconds']['total']:.0f} s -> {Path(args.run) / 'scan.json'}")  # fmt: skip
+    _emit(args, s, "\n".join(lines))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -316,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--run", required=True, help="run directory with poisoned.npz and model.pt")
     dt.add_argument("--method", required=True, choices=["raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc"])
     dt.add_argument("--class", dest="cls", type=_class_arg, default=None,
-                    help="class index or 'auto' (suspicious-class search); default: the attack's target class")
+                    help="class index or 'auto' (the top class of the run's scan, scan.json; run if missing); default: the attack's target class")
     dt.add_argument("--layer", default=None, help="hidden layer for ac/spectral (default relu_fc2, the 128-d layer)")
     dt.add_argument("--engine", default="fast", choices=["pot", "fast"],
                     help="GW engine for hc: fast (batched torch, default) or pot (the paper's POT loop)")
@@ -331,6 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(dt)
     dt.set_defaults(func=cmd_detect)
+
+    sc = sub.add_parser("scan", help="run a defence on every class of a run; writes DIR/scan.json and DIR/scan.npz")
+    sc.add_argument("--run", required=True, help="run directory with poisoned.npz and model.pt")
+    sc.add_argument("--method", default="hc", choices=["hc", "ac"], help="defence run on each class (default hc)")
+    sc.add_argument("--layer", default=None, help="ac: hidden layer (default relu_fc2)")
+    sc.add_argument("--executor", default="local", choices=["local", "ray"])
+    sc.add_argument("--jobs", type=int, default=1, help="local executor: classes clustered at once in worker processes")
+    sc.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+    sc.add_argument("--seed", type=_nonnegative_int, default=0)
+    add_hc_options(sc)
+    add_json(sc)
+    sc.set_defaults(func=cmd_scan, rule="mixture")
+
+    cl = sub.add_parser("clean", help="write a new run without the images a scan or detection flagged (and retrain)")
+    cl.add_argument("--run", required=True, help="run directory with scan.npz or detection-METHOD.npz")
+    cl.add_argument("--out", required=True, help="the new run directory")
+    cl.add_argument("--from", dest="source", default="scan", help="scan (default) or detection-METHOD, e.g. detection-hc")
+    cl.add_argument("--retrain", action="store_true",
+                    help="train the cleaned run with the same preset and seed, and print clean accuracy and ASR before and after")
+    add_json(cl)
+    cl.set_defaults(func=cmd_clean)
 
     rp = sub.add_parser("reproduce", help="reproduce the paper's tables (cached, resumable; local or Ray)")
     rp.add_argument("--table", required=True, type=_tables_arg,

@@ -49,6 +49,7 @@ __all__ = [
     "surrogate_path",
     "read_json",
     "detect_run",
+    "clean_run",
 ]
 
 
@@ -270,3 +271,59 @@ def detect_run(
                 scores=res.scores, cluster_labels=res.cluster_labels, embedding=emb)  # fmt: skip
     atomic_write_json(path, summary)
     return summary
+
+
+def _flagged_rows(run: Path, source: str) -> np.ndarray:
+    """Training rows a scan (``scan``) or a detection (``detection-METHOD``) of ``run`` flagged."""
+    if source == "scan":
+        path = run / "scan.npz"
+        hint = f"run `poisonsift scan --run {run}` first"
+    elif source.startswith("detection-"):
+        path = run / f"{source}.npz"
+        hint = f"run `poisonsift detect --run {run} --method {source[len('detection-'):]}` first"
+    else:
+        raise ConfigError(f"--from must be scan or detection-METHOD (e.g. detection-hc), got {source!r}")
+    a = read_npz(path, {"rows", "is_poisoned"}, hint)
+    rows, flagged = np.asarray(a["rows"]), np.asarray(a["is_poisoned"], dtype=bool)
+    if rows.shape != flagged.shape:
+        raise DataError(f"{path}: rows and is_poisoned differ in length")
+    return rows[flagged]
+
+
+def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "scan") -> dict[str, Any]:
+    """Write a new run directory ``out`` holding ``run``'s training set without the rows that
+    ``source`` (``scan`` or ``detection-METHOD``) flagged.
+
+    ``out/poisoned.npz`` keeps ``poison_mask``, ``source_index`` and ``group_train`` of the rows
+    that are left (so ``evaluate`` and ``detect`` still know the truth) and the same test set;
+    ``out/attack.json`` is ``run``'s. ``out/clean.json`` records the source run, ``from``,
+    ``removed`` (count), ``removed_poisoned``, ``poisoned_left`` and ``removed_rows`` (indices
+    into ``run``'s training set). Returns that record.
+    """
+    run, out = Path(run), Path(out)
+    if out.resolve() == run.resolve():
+        raise ConfigError("--out must be a new run directory, not the run being cleaned")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; a run is a folder")
+    pd = load_poisoned(run / "poisoned.npz")
+    removed = np.unique(_flagged_rows(run, source))
+    if len(removed) and (removed.min() < 0 or removed.max() >= len(pd.y_train)):
+        raise DataError(f"{source} of {run} names rows outside its training set: it belongs to another run")
+    keep = np.ones(len(pd.y_train), dtype=bool)
+    keep[removed] = False
+    group = pd.group_train[keep] if pd.group_train is not None else None
+    left = PoisonedData(pd.x_train[keep], pd.y_train[keep], pd.poison_mask[keep], pd.source_index[keep],
+                        pd.x_test, pd.y_test, pd.classes, group)  # fmt: skip
+    save_poisoned(left, out / "poisoned.npz")
+    atomic_write_json(out / "attack.json", read_json(run / "attack.json"))
+    record = {
+        "source_run": str(run),
+        "from": source,
+        "removed": int(len(removed)),
+        "removed_poisoned": int(pd.poison_mask[removed].sum()),
+        "poisoned_left": int(left.poison_mask.sum()),
+        "n_train_left": int(len(left.y_train)),
+        "removed_rows": removed.tolist(),
+    }
+    atomic_write_json(out / "clean.json", record)
+    return record

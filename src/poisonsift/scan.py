@@ -1,0 +1,169 @@
+"""Scan a whole training set without being told the attacked class.
+
+``scan_run`` runs a defence (HC or AC, with the ``mixture`` decision) on every class of a run:
+
+1. one model load and one pass over all training images - LRP heatmaps (HC, cached in
+   ``run/cache`` under the key of model, images, labels and rule) or hidden-layer activations
+   (AC) - in batches, with one progress bar;
+2. each class is an independent unit (the clustering half of the defence on that class's rows),
+   run by an executor (:mod:`poisonsift.executors`: in this process, in local worker processes,
+   or as Ray tasks); units read the features from one ``.npy`` file by memory map, so a unit
+   holds one class's features, not the whole set's;
+3. every class gets an ``evidence``: Ashman's separation D of the two-component Gaussian mixture
+   on its split statistic where BIC prefers two components, else 0 (one mode). Classes are
+   ordered by evidence; ``suspicious`` is the mixture decision (BIC, D >= 2, minority weight).
+
+Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
+``suspicious``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
+``seconds`` per stage, and where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr``
+over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
+``cluster_labels`` for every training image; scores are comparable within a class only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poisonsift.defences import MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
+from poisonsift.errors import ConfigError, DataError
+from poisonsift.executors import make_executor, unit
+from poisonsift.utils import atomic_write_bytes, atomic_write_json, atomic_write_npz
+
+__all__ = ["scan_run", "SCAN_METHODS", "scan_class"]
+
+SCAN_METHODS = ("hc", "ac")
+
+
+def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
+    """All training images' heatmaps (HC) or activations (AC) in one ``.npy`` under ``run/cache``."""
+    from poisonsift.explain import activations, cached_lrp_heatmaps
+    from poisonsift.explain import _fingerprint as fingerprint
+    from poisonsift.models import DEFAULT_HIDDEN_LAYER
+    from poisonsift.training import load_checkpoint
+
+    model, norm = load_checkpoint(run / "model.pt", device)
+    cache = run / "cache"
+    if spec.method == "hc":
+        key = fingerprint(model, pd.x_train, pd.y_train, norm, spec.lrp_precision, spec.lrp_rule)
+        path = cache / f"heatmaps-{key}.npy"
+        if not path.is_file():  # cached_lrp_heatmaps writes it there
+            cached_lrp_heatmaps(model, pd.x_train, pd.y_train, norm, str(cache), precision=spec.lrp_precision,
+                                rule=spec.lrp_rule)  # fmt: skip
+        return path
+    layer = spec.layer or DEFAULT_HIDDEN_LAYER
+    key = fingerprint(model, pd.x_train, pd.y_train, norm) + "-" + layer
+    path = cache / f"activations-{key}.npy"
+    if not path.is_file():
+        feats = activations(model, pd.x_train, layer, norm, desc="activations (all classes)")
+        buf = io.BytesIO()
+        np.save(buf, feats)
+        atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+@unit
+def scan_class(task: dict[str, Any]) -> dict[str, Any]:
+    """One class of a scan (a unit: plain dict in, plain dict out).
+
+    ``task``: ``features`` (path of the ``.npy``), ``rows`` (the class's rows), ``spec``
+    (a :class:`DetectSpec` as a dict). Returns the class's per-sample arrays and its evidence.
+    """
+    spec = DetectSpec(**task["spec"])
+    rows = np.asarray(task["rows"])
+    feats = np.load(task["features"], mmap_mode="r")
+    x = np.ascontiguousarray(feats[rows])
+    t = time.perf_counter()
+    defence = build_defence(dataclasses.replace(spec, view_samples=0))
+    if isinstance(defence, HeatmapClustering):
+        res = defence.cluster(x)
+    elif isinstance(defence, ActivationClustering):
+        res = defence.cluster(x.reshape(len(x), -1))
+    else:  # pragma: no cover - SCAN_METHODS guards this
+        raise ConfigError(f"scan runs hc or ac, not {spec.method}")
+    mt = res.analysis["mixture"]
+    one_mode = not (mt.get("bic2", np.inf) < mt.get("bic1", -np.inf))
+    evidence = 0.0 if one_mode else float(mt["separation"])
+    return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
+            "suspicious": bool(res.suspicious), "evidence": evidence, "mixture": mt,
+            "seconds": time.perf_counter() - t}  # fmt: skip
+
+
+def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: str = "local", jobs: int = 1,
+             ray_address: str | None = None, device=None, min_size: int = 10) -> dict[str, Any]:  # fmt: skip
+    """Scan every class of ``run`` with ``spec`` (method ``hc`` or ``ac``); see the module docstring.
+
+    ``min_size``: classes with fewer training images are listed with evidence 0 and not split.
+    Returns the ``scan.json`` summary.
+    """
+    from poisonsift.metrics import detection_metrics
+    from poisonsift.runs import load_poisoned
+
+    if isinstance(spec, str):
+        spec = DetectSpec(spec, rule="mixture")
+    if spec.rule not in MIXTURE_RULES:
+        raise ConfigError(f"scan needs a rule that can call a class clean ({', '.join(MIXTURE_RULES)}), not {spec.rule!r}")
+    if spec.method not in SCAN_METHODS:
+        raise ConfigError(f"scan runs one of {', '.join(SCAN_METHODS)}, not {spec.method!r}")
+    if spec.subset is not None:
+        raise ConfigError("scan clusters whole classes; --subset is for detect")
+    run = Path(run)
+    t0 = time.perf_counter()
+    pd = load_poisoned(run / "poisoned.npz")
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    feats = _features(run, spec, pd, device)
+    seconds["lrp" if spec.method == "hc" else "activations"] = time.perf_counter() - t
+    classes = np.unique(pd.y_train)
+    big = [int(c) for c in classes if (pd.y_train == c).sum() >= min_size]
+    if not big:
+        raise DataError(f"no class has {min_size} or more training images to split")
+    ex = make_executor(executor, ray_address, jobs=jobs)
+    base = {"features": str(feats), "spec": spec.to_dict(), "threads": getattr(ex, "cpus_per_task", None)}
+    tasks = [{**base, "rows": np.flatnonzero(pd.y_train == c).tolist()} for c in big]
+    t = time.perf_counter()
+    results = ex.map(scan_class, tasks, desc=f"scan ({spec.method}, {len(big)} classes)")
+    seconds["clustering"] = time.perf_counter() - t
+    n = len(pd.y_train)
+    scores = np.full(n, np.nan)
+    flagged = np.zeros(n, dtype=bool)
+    labels = np.full(n, -1)
+    entries = []
+    for c, r in zip(big, results):
+        rows = np.asarray(r["rows"])
+        scores[rows], flagged[rows], labels[rows] = r["scores"], r["is_poisoned"], r["cluster_labels"]
+        e = {"class": c, "n": int(len(rows)), "n_flagged": int(np.sum(r["is_poisoned"])), "evidence": r["evidence"],
+             "suspicious": r["suspicious"], "separation": r["mixture"].get("separation"),
+             "seconds": r["seconds"]}  # fmt: skip
+        if pd.poison_mask.any():
+            e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
+        entries.append(e)
+    for c in classes:
+        if int(c) not in big:
+            entries.append({"class": int(c), "n": int((pd.y_train == c).sum()), "n_flagged": 0, "evidence": 0.0,
+                            "suspicious": False, "skipped": f"fewer than {min_size} images"})  # fmt: skip
+    entries.sort(key=lambda e: -e["evidence"])
+    summary: dict[str, Any] = {
+        "method": spec.method,
+        "rule": spec.rule,
+        "classes": entries,
+        "suspicious_classes": [e["class"] for e in entries if e["suspicious"]],
+        "n": n,
+        "n_flagged": int(flagged.sum()),
+        "seconds": seconds,
+        "config": spec.to_dict(),
+        "executor": ex.name,
+    }
+    if pd.poison_mask.any():
+        m = detection_metrics(pd.poison_mask, flagged)
+        summary.update(n_poisoned_true=int(pd.poison_mask.sum()), tpr=m["tpr"], tnr=m["tnr"])
+    summary["seconds"]["total"] = time.perf_counter() - t0
+    atomic_write_npz(run / "scan.npz", rows=np.arange(n), scores=scores, is_poisoned=flagged, cluster_labels=labels)
+    atomic_write_json(run / "scan.json", summary)
+    return summary

@@ -1,0 +1,77 @@
+"""scan (every class, no class given) and clean (remove what was flagged) on a small synthetic run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_data
+from poisonsift.attacks import StandardBackdoor, StickerTrigger
+from poisonsift.cli import main
+from poisonsift.errors import ConfigError
+from poisonsift.runs import load_poisoned, poison_run, train_run
+from poisonsift.scan import scan_run
+from poisonsift.training import get_preset
+
+
+@pytest.fixture(scope="module")
+def attacked_run(tmp_path_factory):
+    """Class 5 holds 20 stickered images relabelled from class 2; a SmallInception trained 3 epochs
+    (a 5x5 sticker: 40 images a class and 3 epochs teach a 3x3 one too weakly for a stable test)."""
+    d = tmp_path_factory.mktemp("scan") / "run"
+    attack = StandardBackdoor(p=0.33, source_class=2, target_class=5, trigger=StickerTrigger(size=5))
+    poison_run(make_tiny_data(n_per_class=40), attack, d, seed=0)
+    train_run(d, get_preset("cpu", epochs=3, seed=0))
+    return d
+
+
+@pytest.mark.parametrize("method", ["hc", "ac"])
+def test_scan_finds_the_attacked_class(attacked_run, method):
+    s = scan_run(attacked_run, method)
+    assert s["method"] == method and s["classes"][0]["class"] == 5 and s["suspicious_classes"] == [5]
+    assert [e["evidence"] for e in s["classes"]] == sorted((e["evidence"] for e in s["classes"]), reverse=True)
+    assert all(e["n_flagged"] == 0 for e in s["classes"][1:])  # clean classes stay clean
+    assert s["classes"][0]["n_poisoned_true"] == 20 and s["n_poisoned_true"] == 20
+    assert s["tpr"] >= 0.85 and s["tnr"] >= 0.98
+    on_disk = json.loads((attacked_run / "scan.json").read_text())
+    assert {"method", "classes", "suspicious_classes", "n_flagged", "seconds", "n_poisoned_true", "tpr", "tnr"} <= set(on_disk)
+    assert {"class", "n", "n_flagged", "evidence", "suspicious"} <= set(on_disk["classes"][0])
+    with np.load(attacked_run / "scan.npz") as z:
+        assert set(z.files) == {"rows", "scores", "is_poisoned", "cluster_labels"}
+        n = len(load_poisoned(attacked_run / "poisoned.npz").y_train)
+        assert all(len(z[k]) == n for k in z.files) and int(z["is_poisoned"].sum()) == s["n_flagged"]
+
+
+def test_scan_needs_a_rule_that_can_say_clean(attacked_run):
+    from poisonsift.defences import DetectSpec
+
+    with pytest.raises(ConfigError, match="can call a class clean"):
+        scan_run(attacked_run, DetectSpec("hc", rule="smaller"))
+
+
+def test_clean_removes_exactly_the_flagged_rows(attacked_run, tmp_path, capsys):
+    assert main(["scan", "--run", str(attacked_run), "--json"]) == 0
+    scan = json.loads(capsys.readouterr().out)
+    out = tmp_path / "cleaned"
+    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    before, after = load_poisoned(attacked_run / "poisoned.npz"), load_poisoned(out / "poisoned.npz")
+    with np.load(attacked_run / "scan.npz") as z:
+        flagged = np.flatnonzero(z["is_poisoned"])
+    assert rec["removed"] == scan["n_flagged"] == len(flagged) == len(before.y_train) - len(after.y_train)
+    keep = np.setdiff1d(np.arange(len(before.y_train)), flagged)
+    assert np.array_equal(after.x_train, before.x_train[keep]) and np.array_equal(after.y_train, before.y_train[keep])
+    assert np.array_equal(after.poison_mask, before.poison_mask[keep])
+    assert np.array_equal(after.source_index, before.source_index[keep])
+    assert np.array_equal(after.x_test, before.x_test)
+    assert rec["removed_poisoned"] == int(before.poison_mask[flagged].sum())
+    assert rec["poisoned_left"] == int(after.poison_mask.sum())
+    assert json.loads((out / "clean.json").read_text())["removed_rows"] == flagged.tolist()
+    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--from", "detection-hc"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_detect_class_auto_takes_the_scan_top(attacked_run, capsys):
+    assert main(["detect", "--run", str(attacked_run), "--method", "hc", "--class", "auto", "--view-samples", "0", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["class"] == 5 and d["ranking"][0]["class"] == 5
