@@ -94,7 +94,7 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
     auto = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--class", "auto")
     assert len(auto["ranking"]) == 6 and auto["class"] == auto["ranking"][0]["class"]
     hc = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--view-samples", "0")
-    assert keys <= set(hc) and hc["lrp_rule"] == "paper" and hc["rule"] == "mixture" and "mixture" in hc
+    assert keys <= set(hc) and hc["lrp_rule"] == "paper" and hc["rule"] == "mixture-tail" and "mixture" in hc
     assert hc["config"]["decision"]["min_separation"] == 2.0
     egb = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--lrp-rule", "epsilon-gamma-box",
                    "--lrp-precision", "bfloat16", "--rule", "smaller", "--view-samples", "0")  # fmt: skip

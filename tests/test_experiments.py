@@ -127,7 +127,7 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     assert DetectSpec("ac", lrp_rule="epsilon-gamma-box").key() == DetectSpec("ac").key()
     assert DetectSpec("hc", rule="smaller").key() != DetectSpec("hc").key()
     assert DetectSpec("ac", rule="mixture").key() != DetectSpec("ac").key()
-    assert DetectSpec("ac").rule == "smaller" and DetectSpec("hc").rule == "mixture"
+    assert DetectSpec("ac").rule == "smaller" and DetectSpec("hc").rule == "mixture-tail"
     with pytest.raises(ConfigError, match="view_samples"):
         DetectSpec("hc", view_samples=-1)
     # LRP precision: HC keys only; the default keys as before the field existed, and a cached

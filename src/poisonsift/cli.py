@@ -181,14 +181,14 @@ def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
     there is one, else a new scan with the detection's options)."""
     import dataclasses
 
-    from poisonsift.defences import MIXTURE_RULES
+    from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES
     from poisonsift.scan import SCAN_METHODS, scan_run
 
     method = spec.method if spec.method in SCAN_METHODS else "hc"
     path = Path(run) / "scan.json"
     scan = json.loads(path.read_text()) if path.is_file() else None
     if scan is None or scan.get("method") != method:
-        rule = spec.rule if spec.rule in MIXTURE_RULES else "mixture"
+        rule = spec.rule if spec.rule in MIXTURE_RULES else HC_DEFAULT_RULE
         scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule))
     return int(scan["classes"][0]["class"]), scan["classes"]
 
@@ -283,6 +283,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
+        train={"epochs": args.epochs} if args.epochs else None,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]
@@ -399,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=_nonnegative_int, default=0)
     add_hc_options(sc)
     add_json(sc)
-    sc.set_defaults(func=cmd_scan, rule="mixture")
+    from poisonsift.defences import HC_DEFAULT_RULE
+
+    sc.set_defaults(func=cmd_scan, rule=HC_DEFAULT_RULE)
 
     cl = sub.add_parser("clean", help="write a new run without the images a scan or detection flagged (and retrain)")
     cl.add_argument("--run", required=True, help="run directory with scan.npz or detection-METHOD.npz")
@@ -415,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="1, 2, 3, 4, 5, fig6, sizes or all; several joined by commas (e.g. 1,3)")
     rp.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="training preset (default cpu)")
     rp.add_argument("--repeats", type=int, default=None, help="table 5: repeats per p (default 10)")
+    rp.add_argument("--epochs", type=int, default=None,
+                    help="override the preset's epochs for every training (a quicker, smaller reproduction)")
     rp.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB or the cache)")
     rp.add_argument("--out", default="runs/reproduce", help="where results.json and the report go")
     rp.add_argument("--cache", default=None, help="artefact cache (default: $POISONSIFT_CACHE/experiments)")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from poisonsift.defences import MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
+from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.executors import make_executor, unit
 from poisonsift.utils import atomic_write_bytes, atomic_write_json, atomic_write_npz
@@ -106,7 +106,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: st
     from poisonsift.runs import load_poisoned
 
     if isinstance(spec, str):
-        spec = DetectSpec(spec, rule="mixture")
+        spec = DetectSpec(spec, rule=HC_DEFAULT_RULE)
     if spec.rule not in MIXTURE_RULES:
         raise ConfigError(f"scan needs a rule that can call a class clean ({', '.join(MIXTURE_RULES)}), not {spec.rule!r}")
     if spec.method not in SCAN_METHODS:

@@ -13,12 +13,17 @@ candidate poison (poison is the minority of a class). Rules:
   mixture are fitted to t; the class is suspicious only if BIC prefers two components **and**
   they are separated (Ashman's D = |m1 - m2| / sqrt((s1^2 + s2^2) / 2) >= ``min_separation``,
   2 by default: below it two Gaussians make one skewed hump, as clean classes do) **and** the
-  minority holds at least ``min_weight`` of the class. Then a sample is poisoned where the
+  minority holds at least ``min_weight`` of the class and ``min_count`` samples (a few outliers
+  of a small class are not a poisoned group; a backdoor needs more images to be learned). Then a sample is poisoned where the
   minority component's posterior exceeds 1/2;
-* ``mixture-tail``: the same test of the class, but a sample is poisoned where t lies beyond the
-  clean component's one-sided ``tail_z`` quantile (3.09: a clean sample is flagged with
-  probability 0.001 under the fitted clean Gaussian) towards the poisoned mode - a per-sample
-  test against the clean distribution, for a poisoned mode with a long tail towards the clean one.
+* ``mixture-tail``: the same test of the class, but a sample is poisoned where t lies more than
+  ``tail_z`` (3.09: one-sided 0.1 % of a Gaussian) clean spreads beyond the clean median towards
+  the poisoned mode - a per-sample test against the clean distribution, for a poisoned mode with a
+  tail towards the clean one. The clean spread is measured on the side that faces the poisoned mode
+  only (the RMS deviation from the median of the clean samples on that side): clean E[d] is skewed
+  with its long tail away from the poison, and a two-sided spread would move the threshold into
+  the poison (measured on a real p = 33 % class: TPR 0.981 two-sided, 0.990 one-sided, no clean
+  image flagged either way).
 
 Scores (higher = more likely poisoned, for AUROC) are t oriented towards the poisoned side.
 """
@@ -47,6 +52,7 @@ class ClusterRule:
     silhouette_threshold: float = 0.10
     min_separation: float = 2.0
     min_weight: float = 0.005
+    min_count: int = 10
     tail_z: float = 3.09
     seed: int = 0
 
@@ -84,7 +90,8 @@ def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     bic1, bic2 = float(g1.bic(z)), float(g2.bic(z))
     post = g2.predict_proba(z)[:, minority]
     out.update(
-        suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and w[minority] >= rule.min_weight),
+        suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and w[minority] >= rule.min_weight
+                        and w[minority] * len(x) >= rule.min_count),
         bic1=bic1, bic2=bic2, separation=sep, weights=w.tolist(),
         means=(m * scale + x.mean()).tolist(), stds=(s * scale).tolist(), minority=minority, posterior=post,
     )  # fmt: skip
@@ -137,8 +144,12 @@ def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: 
         if rule.rule == "mixture":
             flagged = post > 0.5
         else:
-            s_c = mt["stds"][1 - minority]
-            flagged = (t - m_c * direction) / max(s_c, 1e-12) > rule.tail_z
+            clean = t[post <= 0.5]
+            med = float(np.median(clean))
+            side = clean[clean > med] - med  # the clean mode's flank that faces the poison
+            spread = float(np.sqrt(np.mean(side**2))) if len(side) else mt["stds"][1 - minority]
+            flagged = t > med + rule.tail_z * max(spread, 1e-12)
+            analysis["tail_threshold"] = (med + rule.tail_z * spread) * direction
         flagged &= t > m_c * direction  # never flag the far side of the clean mode
     labels = np.where(flagged, smaller, 1 - smaller)
     poisoned = [smaller] if flagged.any() else []
