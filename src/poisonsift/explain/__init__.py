@@ -225,21 +225,9 @@ def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool 
     the extra convolutions (see :func:`lrp_heatmaps`). Returns a zennit hook template
     for a composite's module map (``nn.Conv2d`` only).
     """
-    from zennit.core import Hook, RemovableHandle, RemovableHandleList
+    from poisonsift.explain.paper_rule import output_hook
 
-    class FastGamma(Hook):
-        def copy(self):
-            return FastGamma()
-
-        def forward(self, module, args, output):
-            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
-                return None
-            return _GammaConv.apply(args[0], output.detach(), module, gamma, stabilizer, dtype, signed)
-
-        def register(self, module):
-            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
-
-    return FastGamma()
+    return output_hook(lambda module, x, out: _GammaConv.apply(x, out.detach(), module, gamma, stabilizer, dtype, signed))
 
 
 def nonnegative_input_convs(model: nn.Module, device) -> set[str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["paper_epsilon", "paper_composite", "safe_inverse", "fast_paper_rule", "PAPER_EPSILON", "PAPER_EXPONENT"]
+__all__ = ["paper_epsilon", "paper_composite", "safe_inverse", "output_hook", "fast_paper_rule", "PAPER_EPSILON", "PAPER_EXPONENT"]
 
 #: The paper's code: ``lrp_exponent=2``, epsilon 1e-6.
 PAPER_EXPONENT = 2
@@ -60,27 +60,32 @@ def paper_epsilon(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT
     )
 
 
-def _bn_pass():
-    """A zennit hook: BatchNorm's output unchanged, its relevance passed through unchanged.
-
-    ``out = x + (bn(x) - x).detach()`` has the BatchNorm's value and the identity as gradient:
-    the effect of zennit's ``Pass`` without a full backward hook per layer.
-    """
+def output_hook(replace):
+    """A zennit hook template that swaps a module's output for ``replace(module, input, output)``
+    while relevance is being computed (grad enabled, input requiring grad): the way a custom
+    autograd function (whose backward is the rule) or a pass-through takes the layer's place."""
     from zennit.core import Hook, RemovableHandle, RemovableHandleList
 
-    class BNPass(Hook):
+    class OutputHook(Hook):
         def copy(self):
-            return BNPass()
+            return OutputHook()
 
         def forward(self, module, args, output):
             if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
                 return None
-            return args[0] + (output - args[0]).detach()
+            return replace(module, args[0], output)
 
         def register(self, module):
             return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
 
-    return BNPass()
+    return OutputHook()
+
+
+def _bn_pass():
+    """BatchNorm's output unchanged, its relevance passed through unchanged: ``x + (bn(x) - x).detach()``
+    has the BatchNorm's value and the identity as gradient (zennit's ``Pass`` without a full
+    backward hook per layer)."""
+    return output_hook(lambda module, x, out: x + (out - x).detach())
 
 
 class _PaperLinear(torch.autograd.Function):
@@ -112,21 +117,7 @@ class _PaperLinear(torch.autograd.Function):
 
 def fast_paper_rule(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
     """The paper's rule for a Conv2d or Linear layer as a custom autograd function (zennit hook template)."""
-    from zennit.core import Hook, RemovableHandle, RemovableHandleList
-
-    class FastPaper(Hook):
-        def copy(self):
-            return FastPaper()
-
-        def forward(self, module, args, output):
-            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
-                return None
-            return _PaperLinear.apply(args[0], output.detach(), module, epsilon, exponent)
-
-        def register(self, module):
-            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
-
-    return FastPaper()
+    return output_hook(lambda module, x, out: _PaperLinear.apply(x, out.detach(), module, epsilon, exponent))
 
 
 def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
