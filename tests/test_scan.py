@@ -75,3 +75,21 @@ def test_detect_class_auto_takes_the_scan_top(attacked_run, capsys):
     assert main(["detect", "--run", str(attacked_run), "--method", "hc", "--class", "auto", "--view-samples", "0", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["class"] == 5 and d["ranking"][0]["class"] == 5
+
+
+def test_scan_on_a_local_ray_gives_the_local_flags(attacked_run):
+    pytest.importorskip("ray")
+    from poisonsift.executors import RayExecutor
+
+    local = scan_run(attacked_run, "ac")
+    with np.load(attacked_run / "scan.npz") as z:
+        flags = z["is_poisoned"].copy()
+    executor = RayExecutor(num_cpus=2)
+    try:
+        remote = scan_run(attacked_run, "ac", executor=executor)
+    finally:
+        executor.shutdown()
+    assert remote["executor"] == "ray" and remote["classes"] == [
+        {**e, "seconds": r["seconds"]} for e, r in zip(local["classes"], remote["classes"])]
+    with np.load(attacked_run / "scan.npz") as z:
+        assert np.array_equal(z["is_poisoned"], flags)

@@ -95,10 +95,11 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
             "seconds": time.perf_counter() - t}  # fmt: skip
 
 
-def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: str = "local", jobs: int = 1,
+def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: Any = "local", jobs: int = 1,
              ray_address: str | None = None, device=None, min_size: int = 10) -> dict[str, Any]:  # fmt: skip
     """Scan every class of ``run`` with ``spec`` (method ``hc`` or ``ac``); see the module docstring.
 
+    ``executor``: ``local``, ``ray`` or an executor object (:mod:`poisonsift.executors`).
     ``min_size``: classes with fewer training images are listed with evidence 0 and not split.
     Returns the ``scan.json`` summary.
     """
@@ -124,7 +125,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: st
     big = [int(c) for c in classes if (pd.y_train == c).sum() >= min_size]
     if not big:
         raise DataError(f"no class has {min_size} or more training images to split")
-    ex = make_executor(executor, ray_address, jobs=jobs)
+    ex = make_executor(executor, ray_address, jobs=jobs) if isinstance(executor, str) else executor
     base = {"features": str(feats), "spec": spec.to_dict(), "threads": getattr(ex, "cpus_per_task", None)}
     tasks = [{**base, "rows": np.flatnonzero(pd.y_train == c).tolist()} for c in big]
     t = time.perf_counter()
