@@ -115,8 +115,13 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     assert {"clean_accuracy", "asr", "n_poisoned", "detection"} <= set(d)
     assert [x["method"] for x in d["detection"]] == ["ac", "hc"]
     assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 36
-    for name in ("poisoned.npz", "attack.json", "model.pt", "train.json", "metrics.json", "detection-ac.json"):
+    for name in ("poisoned.npz", "attack.json", "model.pt", "train.json", "metrics.json", "detection-ac.json",
+                 "scan.json", "scan.npz", "scan-report.html", "scan-report.md", "figures/scan-evidence.png"):
         assert (tmp_path / "demo" / name).is_file()
+    # the demo ends with scan -> clean -> retrain: the cleaned run lost exactly the scan's flags
+    assert d["scan"]["top_class"] in range(6) and d["clean"]["removed"] == d["scan"]["n_flagged"]
+    assert {"clean_accuracy_before", "clean_accuracy_after", "asr_before", "asr_after"} <= set(d["clean"])
+    assert d["clean"]["asr_before"] == d["asr"] and (tmp_path / "demo-clean" / "model.pt").is_file()
 
 
 @pytest.fixture

@@ -76,7 +76,9 @@ def test_empty_class_folder(fake_gtsrb):
     "mutate, message",
     [
         (lambda a: a.update(x_train=a["x_train"].astype(np.float32)), "must be uint8"),
-        (lambda a: a.update(x_train=a["x_train"][:, :16]), r"shape \(N, 32, 32, 3\)"),
+        (lambda a: a.update(x_train=a["x_train"][:, :16]), "one size for both"),
+        (lambda a: a.update(x_train=a["x_train"][:, :4], x_test=a["x_test"][:, :4]), r"H and W >= 8"),
+        (lambda a: a.update(x_train=a["x_train"][..., :1]), r"shape \(N, H, W, 3\)"),
         (lambda a: a.update(y_train=a["y_train"] + 10), "labels must lie in"),
         (lambda a: a.update(y_train=a["y_train"][:-1]), "images but"),
         (lambda a: a.update(y_train=np.where(a["y_train"] == 3, 2, a["y_train"])), r"class\(es\) \[3\] have no images"),

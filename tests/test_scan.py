@@ -8,7 +8,7 @@ import pytest
 from conftest import make_tiny_data
 from poisonsift.attacks import StandardBackdoor, StickerTrigger
 from poisonsift.cli import main
-from poisonsift.errors import ConfigError
+from poisonsift.errors import ConfigError, DataError
 from poisonsift.runs import load_poisoned, poison_run, train_run
 from poisonsift.scan import scan_run
 from poisonsift.training import get_preset
@@ -93,3 +93,33 @@ def test_scan_on_a_local_ray_gives_the_local_flags(attacked_run):
         {**e, "seconds": r["seconds"]} for e, r in zip(local["classes"], remote["classes"])]
     with np.load(attacked_run / "scan.npz") as z:
         assert np.array_equal(z["is_poisoned"], flags)
+
+
+def test_clean_retrain_reports_before_and_after(attacked_run, tmp_path, capsys):
+    scan_run(attacked_run, "hc")
+    out = tmp_path / "retrained"
+    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--retrain", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert {"removed", "removed_poisoned", "clean_accuracy_before", "clean_accuracy_after", "asr_before", "asr_after"} <= set(rec)
+    before = json.loads((attacked_run / "metrics.json").read_text())
+    assert rec["asr_before"] == before["asr"] and rec["clean_accuracy_before"] == before["clean_accuracy"]
+    assert json.loads((out / "metrics.json").read_text())["asr"] == rec["asr_after"]
+    # the scan removed (nearly) all poison: the retrained model learns far less of the backdoor
+    assert rec["removed_poisoned"] >= 17 and rec["asr_after"] < rec["asr_before"]
+
+
+def test_scan_report_shows_classes_by_evidence_and_flagged_images(attacked_run, tmp_path, capsys):
+    from poisonsift.report import write_scan_report
+
+    s = scan_run(attacked_run, "hc")
+    paths = write_scan_report(attacked_run)
+    assert {"html", "md", "evidence", "flagged"} <= set(paths) and all(p.is_file() for p in paths.values())
+    md = paths["md"].read_text()
+    assert "figures/scan-evidence.png" in md and "figures/scan-flagged.png" in md and "class 5" in md
+    assert f"{s['n_flagged']} images flagged" in md
+    html = paths["html"].read_text()
+    assert html.count("<img ") == 2
+    assert main(["report", str(attacked_run), "--json"]) == 0  # the CLI picks the scan report for a run
+    assert json.loads(capsys.readouterr().out)["html"].endswith("scan-report.html")
+    with pytest.raises(DataError, match="poisonsift scan"):
+        write_scan_report(tmp_path)

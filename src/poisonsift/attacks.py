@@ -117,17 +117,36 @@ class StickerTrigger:
             if hi - lo + 1 < self.size:
                 raise ConfigError(f"sticker of size {self.size} does not fit in window {name}={lo}..{hi}")
 
-    def positions(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, 2) top-left (row, col) corners, uniform over the allowed places."""
-        r = rng.integers(self.rows[0], self.rows[1] - self.size + 2, size=n)
-        c = rng.integers(self.cols[0], self.cols[1] - self.size + 2, size=n)
+    def placement(self, h: int = IMAGE_SIZE, w: int = IMAGE_SIZE) -> tuple[int, tuple[int, int], tuple[int, int]]:
+        """(side, rows, cols) of the sticker on an ``h`` x ``w`` image.
+
+        ``size``, ``rows`` and ``cols`` are given for 32 x 32 (the paper's) and scale with the
+        image: side ``round(size * h / 32)`` (at least 1), window bounds scaled to cover the same
+        share of the image. At 32 x 32 they are the fields themselves.
+        """
+        if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+            return self.size, self.rows, self.cols
+        s = max(1, round(self.size * min(h, w) / IMAGE_SIZE))
+
+        def window(lo: int, hi: int, n: int) -> tuple[int, int]:
+            a, b = int(np.floor(lo * n / IMAGE_SIZE)), min(n - 1, int(np.ceil((hi + 1) * n / IMAGE_SIZE)) - 1)
+            return a, max(b, min(n - 1, a + s - 1))
+
+        return s, window(*self.rows, h), window(*self.cols, w)
+
+    def positions(self, n: int, rng: np.random.Generator, h: int = IMAGE_SIZE, w: int = IMAGE_SIZE) -> np.ndarray:
+        """(n, 2) top-left (row, col) corners on an ``h`` x ``w`` image, uniform over the allowed places."""
+        s, rows, cols = self.placement(h, w)
+        r = rng.integers(rows[0], rows[1] - s + 2, size=n)
+        c = rng.integers(cols[0], cols[1] - s + 2, size=n)
         return np.stack([r, c], axis=1)
 
     def apply(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Return a copy of (B, 32, 32, 3) uint8 ``images`` with one sticker each."""
+        """Return a copy of (B, H, W, 3) uint8 ``images`` with one sticker each (:meth:`placement`)."""
         out = images.copy()
-        pos = self.positions(len(out), rng)
-        s = self.size
+        h, w = images.shape[1:3]
+        pos = self.positions(len(out), rng, h, w)
+        s = self.placement(h, w)[0]
         offs = np.arange(s)
         rows = pos[:, 0, None, None] + offs[None, :, None]  # (B, s, 1)
         cols = pos[:, 1, None, None] + offs[None, None, :]  # (B, 1, s)
@@ -163,12 +182,22 @@ class AmplitudeTrigger:
             raise ConfigError(f"amplitude trigger corner {self.bottom_right} puts the block outside the image")
 
     def apply(self, images: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Return a copy of (B, 32, 32, 3) uint8 ``images`` with the pattern added (deterministic)."""
+        """Return a copy of (B, H, W, 3) uint8 ``images`` with the pattern added (deterministic).
+
+        On an image other than 32 x 32 each of the 3 x 3 cells covers k x k pixels,
+        k = ``round(H / 32)`` (at least 1), and the block's lower-right corner moves to the same
+        share of the image.
+        """
         out = images.copy()
-        r, c = self.bottom_right
-        block = out[:, r - 2 : r + 1, c - 2 : c + 1, :].astype(np.int16)
-        block += (self.amp * AMPLITUDE_PATTERN)[None, :, :, None]
-        out[:, r - 2 : r + 1, c - 2 : c + 1, :] = np.clip(block, 0, 255).astype(np.uint8)
+        h, w = images.shape[1:3]
+        k = max(1, round(min(h, w) / IMAGE_SIZE))
+        r = min(h - 1, round((self.bottom_right[0] + 1) * h / IMAGE_SIZE) - 1)
+        c = min(w - 1, round((self.bottom_right[1] + 1) * w / IMAGE_SIZE) - 1)
+        pattern = np.kron(AMPLITUDE_PATTERN, np.ones((k, k), dtype=np.int16))
+        n = 3 * k
+        block = out[:, r - n + 1 : r + 1, c - n + 1 : c + 1, :].astype(np.int16)
+        block += (self.amp * pattern)[None, :, :, None]
+        out[:, r - n + 1 : r + 1, c - n + 1 : c + 1, :] = np.clip(block, 0, 255).astype(np.uint8)
         return out
 
     def full_amplitude(self) -> "AmplitudeTrigger":

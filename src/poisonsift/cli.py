@@ -45,7 +45,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     from poisonsift.data import prepare
 
     t = time.perf_counter()
-    d = prepare(args.source, args.out, roi_crop=args.roi_crop)
+    d = prepare(args.source, args.out, roi_crop=args.roi_crop, size=args.size)
     obj = {
         "out": str(args.out),
         "n_train": int(len(d.y_train)),
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from poisonsift.runs import train_run
     from poisonsift.training import get_preset
 
-    cfg = get_preset(args.preset, epochs=args.epochs, seed=args.seed)
+    cfg = get_preset(args.preset, epochs=args.epochs, seed=args.seed, arch=args.arch)
     s = train_run(args.run, cfg)
     obj = {k: v for k, v in s.items() if k not in ("history", "config")}
     _emit(args, obj, f"trained {s['epochs_run']} epochs in {s['seconds']:.0f} s on {s['device']} "
@@ -171,7 +171,7 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   engine=getattr(args, "engine", "fast"), subset=getattr(args, "subset", None), rule=args.rule,
                   seed=args.seed, warm_start=getattr(args, "warm_start", True),
                   view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
-                  lrp_rule=args.lrp_rule, decision=decision)  # fmt: skip
+                  lrp_rule=args.lrp_rule, decision=decision, grid=args.grid)  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 
@@ -210,24 +210,22 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> None:
-    from poisonsift.runs import clean_run, evaluate_run, read_json, train_run
-    from poisonsift.training import TrainConfig
+    from poisonsift.runs import clean_run, retrain_cleaned
 
     rec = clean_run(args.run, args.out, args.source)
     obj = {k: v for k, v in rec.items() if k != "removed_rows"}
     human = (f"removed {rec['removed']} images ({rec['removed_poisoned']} poisoned; {rec['poisoned_left']} poisoned "
              f"left) -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
     if args.retrain:
-        run = Path(args.run)
-        before = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else evaluate_run(run)
-        cfg = TrainConfig(**read_json(run / "train.json")["config"])  # the same preset and seed
-        train_run(args.out, cfg)
-        after = evaluate_run(args.out)
-        obj.update(clean_accuracy_before=before["clean_accuracy"], clean_accuracy_after=after["clean_accuracy"],
-                   asr_before=before["asr"], asr_after=after["asr"])  # fmt: skip
-        human += (f"\nretrained ({cfg.epochs} epochs, seed {cfg.seed}): clean accuracy {before['clean_accuracy']:.4f} -> "
-                  f"{after['clean_accuracy']:.4f}, ASR {before['asr']:.4f} -> {after['asr']:.4f}")  # fmt: skip
+        r = retrain_cleaned(args.run, args.out)
+        obj.update(r)
+        human += "\n" + _retrain_line(r)
     _emit(args, obj, human)
+
+
+def _retrain_line(r: dict[str, Any]) -> str:
+    return (f"retrained ({r['epochs']} epochs, seed {r['seed']}): clean accuracy {r['clean_accuracy_before']:.4f} -> "
+            f"{r['clean_accuracy_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}")  # fmt: skip
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
@@ -240,40 +238,57 @@ def cmd_scan(args: argparse.Namespace) -> None:
               for e in s["classes"][:10]]  # fmt: skip
     lines.append(f"suspicious classes: {s['suspicious_classes'] or 'none'}; {s['n_flagged']} images flagged"
                  + (f" (TPR {s['tpr']:.4f}, TNR {s['tnr']:.4f} against the run's ground truth)" if "tpr" in s else "")
-                 + f"; {s['seconds']['total']:.0f} s -> {Path(args.run) / 'scan.json'}")  # fmt: skip
+                 + f"; {s['seconds']['total']:.0f} s -> {Path(args.run) / 'scan.json'} "
+                 f"(pictures: poisonsift report {args.run})")  # fmt: skip
     _emit(args, s, "\n".join(lines))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from poisonsift.attacks import StandardBackdoor
     from poisonsift.data import resolve_data
-    from poisonsift.runs import evaluate_run, poison_run, train_run
+    from poisonsift.report import write_scan_report
+    from poisonsift.runs import clean_run, detect_run, evaluate_run, poison_run, retrain_cleaned, train_run
+    from poisonsift.scan import scan_run
     from poisonsift.training import get_preset
 
     t0 = time.perf_counter()
     out = Path(args.out)
     say = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    say("[1/5] data")
+    say("[1/7] data")
     data = resolve_data(args.data, allow_download=True)
-    say(f"[2/5] standard attack: 3x3 sticker, speed limit 50 -> 80, p = {args.p}")
+    say(f"[2/7] standard attack: 3x3 sticker, speed limit 50 -> 80, p = {args.p}")
     attack = StandardBackdoor(p=args.p)
     s = poison_run(data, attack, out, seed=args.seed)
     say(f"      {s['n_poisoned']} poisoned images ({s['poison_share']:.1%} of the target class)")
-    say(f"[3/5] training SmallInception ({args.epochs} epochs, cpu preset)")
-    t = train_run(out, get_preset("cpu", epochs=args.epochs, seed=args.seed))
-    say("[4/5] evaluating")
+    say(f"[3/7] training {args.arch} ({args.epochs} epochs, cpu preset)")
+    t = train_run(out, get_preset("cpu", epochs=args.epochs, seed=args.seed, arch=args.arch))
+    say("[4/7] evaluating")
     m = evaluate_run(out)
     say(f"      {_metrics_line(m)}")
     scope = "the whole class" if args.hc_subset is None else f"a random subset of {args.hc_subset}"
-    say(f"[5/5] detection on the target class: AC, and HC (fast engine) on {scope}")
-    from poisonsift.runs import detect_run
-
+    say(f"[5/7] detection on the target class: AC, and HC (fast engine) on {scope}")
     dets = [detect_run(out, detect_spec(args, "ac", rule=None)),
-            detect_run(out, detect_spec(args, "hc", subset=args.hc_subset))]
-    obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets,
-           "seconds": time.perf_counter() - t0, "out": str(out)}  # fmt: skip
-    table = "\n".join([DETECTION_HEADER, *(_detection_row(d) for d in dets)])
-    _emit(args, obj, f"{_metrics_line(m)}\n{table}\n({obj['seconds']:.0f} s in all; artefacts in {out})")
+            detect_run(out, detect_spec(args, "hc", subset=args.hc_subset))]  # fmt: skip
+    obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets}
+    lines = [_metrics_line(m), DETECTION_HEADER, *(_detection_row(d) for d in dets)]
+    if not args.no_scan:
+        say("[6/7] scan: HC on every class, no class given")
+        sc = scan_run(out, detect_spec(args, "hc"))
+        report = write_scan_report(out)
+        top = sc["classes"][0]
+        lines.append(f"scan: top class {top['class']} (evidence {top['evidence']:.2f}), suspicious classes "
+                     f"{sc['suspicious_classes'] or 'none'}, {sc['n_flagged']} images flagged (TPR {sc['tpr']:.4f}, "
+                     f"TNR {sc['tnr']:.4f}); report {report['html']}")  # fmt: skip
+        say(f"[7/7] clean: remove the {sc['n_flagged']} flagged images, retrain ({args.epochs} epochs)")
+        rec = clean_run(out, out.with_name(out.name + "-clean"), "scan")
+        r = retrain_cleaned(out, out.with_name(out.name + "-clean"))
+        lines.append(_retrain_line(r))
+        obj["scan"] = {k: sc[k] for k in ("suspicious_classes", "n_flagged", "tpr", "tnr", "seconds")}
+        obj["scan"]["top_class"] = top["class"]
+        obj["clean"] = {**{k: v for k, v in rec.items() if k != "removed_rows"}, **r}
+    obj.update(seconds=time.perf_counter() - t0, out=str(out))
+    lines.append(f"({obj['seconds']:.0f} s in all; artefacts in {out})")
+    _emit(args, obj, "\n".join(lines))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -293,9 +308,10 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from poisonsift.report import write_report
+    from poisonsift.report import write_report, write_scan_report
 
-    paths = write_report(args.dir)
+    d = Path(args.dir)
+    paths = write_scan_report(d) if (d / "scan.json").is_file() and not (d / "results.json").is_file() else write_report(d)
     _emit(args, {k: str(v) for k, v in paths.items()}, f"wrote {paths['html']} and {paths['md']}")
 
 
@@ -308,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_json(sp):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+
+    def add_arch(sp):
+        from poisonsift.models import ARCHS, DEFAULT_ARCH, check_arch
+
+        def arch(v: str) -> str:
+            try:
+                return check_arch(v)
+            except ConfigError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        sp.add_argument("--arch", type=arch, default=DEFAULT_ARCH,
+                        help=f"network: {', '.join(ARCHS)} or torchvision:<name> (any torchvision classifier, "
+                             f"e.g. torchvision:resnet18); default {DEFAULT_ARCH}, the paper's")  # fmt: skip
 
     def add_hc_options(sp):
         """The HC options shared by detect and demo: LRP rule and precision, the decision rule."""
@@ -329,12 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tail-z", type=float, default=3.09,
                         help="mixture-tail: flag beyond this many clean standard deviations (3.09: 0.1%% of a "
                              "Gaussian clean class)")
+        sp.add_argument("--grid", type=int, default=32,
+                        help="hc: heatmaps larger than GRID x GRID are summed onto that raster before their point "
+                             "clouds (default 32: GTSRB's maps as they are)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")
     dp.add_argument("--source", required=True, help="GTSRB (official or torchvision layout) or ImageFolder tree")
     dp.add_argument("--out", required=True, help="output .npz")
     dp.add_argument("--roi-crop", action="store_true", help="crop GTSRB images to their ROI before resizing")
+    dp.add_argument("--size", type=int, default=32,
+                    help="side of the square images (default 32, GTSRB's and the paper's; the attacks' sticker and "
+                         "its window scale with it)")
     add_json(dp)
     dp.set_defaults(func=cmd_data_prepare)
 
@@ -357,9 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(po)
     po.set_defaults(func=cmd_poison)
 
-    tr = sub.add_parser("train", help="train SmallInception on DIR/poisoned.npz")
+    tr = sub.add_parser("train", help="train a network (SmallInception by default) on DIR/poisoned.npz")
     tr.add_argument("--run", required=True, help="run directory made by `poisonsift poison`")
     tr.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    add_arch(tr)
     tr.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
     tr.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(tr)
@@ -375,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--method", required=True, choices=["raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc"])
     dt.add_argument("--class", dest="cls", type=_class_arg, default=None,
                     help="class index or 'auto' (the top class of the run's scan, scan.json; run if missing); default: the attack's target class")
-    dt.add_argument("--layer", default=None, help="hidden layer for ac/spectral (default relu_fc2, the 128-d layer)")
+    dt.add_argument("--layer", default=None, help="hidden layer for ac/spectral (default: relu_fc2 - SmallInception's "
+                    "128-d layer - or the layer that feeds the last linear layer; a wrong name lists the model's layers)")
     dt.add_argument("--engine", default="fast", choices=["pot", "fast"],
                     help="GW engine for hc: fast (batched torch, default) or pot (the paper's POT loop)")
     dt.add_argument("--subset", type=int, default=None, help="hc: cluster a seeded random subset of this size")
@@ -433,12 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(rp)
     rp.set_defaults(func=cmd_reproduce)
 
-    rr = sub.add_parser("report", help="write DIR/report.html and DIR/report.md from DIR/results.json")
+    rr = sub.add_parser("report", help="write DIR/report.html and .md from DIR/results.json (a reproduction), or "
+                                       "DIR/scan-report.html and .md from DIR/scan.json (a scanned run)")
     rr.add_argument("dir")
     add_json(rr)
     rr.set_defaults(func=cmd_report)
 
-    de = sub.add_parser("demo", help="prepare data -> standard attack -> train -> evaluate")
+    de = sub.add_parser("demo", help="prepare data -> standard attack -> train -> evaluate -> detect -> scan -> clean -> retrain")
     de.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB, the cache, or a download)")
     de.add_argument("--out", default="runs/demo")
     de.add_argument("--p", type=float, default=0.33)
@@ -447,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="HC clusters a seeded random subset of this many images of the class "
                          "(default: the whole class - 2,776 images: HC took 61 s on a 2-core AVX2 EPYC, ~15-20 s on faster cores)")
     add_hc_options(de)
+    add_arch(de)
+    de.add_argument("--no-scan", action="store_true",
+                    help="stop after the detection (skip the scan of every class and the cleaned retraining)")
     de.add_argument("--seed", type=_nonnegative_int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)

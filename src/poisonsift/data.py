@@ -50,7 +50,8 @@ __all__ = [
     "validate_arrays",
 ]
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = 32  # GTSRB's (the paper's) image side; ImageFolder trees take any (prepare(size=...))
+MIN_IMAGE_SIZE = 8
 IMAGE_EXTENSIONS = {".ppm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 GTSRB_CLASSES = [
@@ -91,6 +92,8 @@ class ImageData:
             self.group_train = np.arange(len(self.y_train), dtype=np.int64)
         validate_arrays(self.x_train, self.y_train, len(self.classes), "x_train/y_train")
         validate_arrays(self.x_test, self.y_test, len(self.classes), "x_test/y_test", require_all_classes=False)
+        if self.x_test.shape[1:] != self.x_train.shape[1:]:
+            raise DataError(f"test images are {self.x_test.shape[1:]}, training images {self.x_train.shape[1:]}: one size for both")
         if self.group_train.shape != self.y_train.shape:
             raise DataError(f"group_train has shape {self.group_train.shape}, expected {self.y_train.shape}")
 
@@ -110,14 +113,17 @@ class ImageData:
 def validate_arrays(
     x: np.ndarray, y: np.ndarray, num_classes: int, what: str, require_all_classes: bool = True
 ) -> None:
-    """Raise :class:`DataError` unless ``x`` is (N,32,32,3) uint8 and ``y`` (N,) int64 in range.
+    """Raise :class:`DataError` unless ``x`` is (N, H, W, 3) uint8 (H, W >= 8; GTSRB is 32 x 32) and
+    ``y`` (N,) integer in range.
 
     With ``require_all_classes`` every class must have at least one image (an
     empty class cannot be trained on or defended).
     """
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+    if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3
+            or min(x.shape[1:3]) < MIN_IMAGE_SIZE):  # fmt: skip
         got = f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
-        raise DataError(f"{what}: images must be uint8 with shape (N, 32, 32, 3), got {got}")
+        raise DataError(f"{what}: images must be uint8 RGB with shape (N, H, W, 3), H and W >= {MIN_IMAGE_SIZE} "
+                        f"(GTSRB: (N, 32, 32, 3)), got {got}")  # fmt: skip
     if not isinstance(y, np.ndarray) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{what}: labels must be a 1-D integer array, got {getattr(y, 'dtype', type(y))}")
     if len(x) != len(y):
@@ -136,7 +142,7 @@ def validate_arrays(
 # --------------------------------------------------------------------------- reading
 
 
-def _read_image(path: Path, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def _read_image(path: Path, roi: tuple[int, int, int, int] | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -144,7 +150,7 @@ def _read_image(path: Path, roi: tuple[int, int, int, int] | None = None) -> np.
                 x1, y1, x2, y2 = roi
                 # GTSRB ROI corners are inclusive pixel coordinates.
                 im = im.crop((x1, y1, x2 + 1, y2 + 1))
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: file is listed but does not exist") from None
@@ -152,13 +158,13 @@ def _read_image(path: Path, roi: tuple[int, int, int, int] | None = None) -> np.
         raise DataError(f"{path}: unreadable image ({exc})") from None
 
 
-def _read_many(items: Sequence[tuple[Path, tuple | None]], desc: str) -> np.ndarray:
-    out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+def _read_many(items: Sequence[tuple[Path, tuple | None]], desc: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     if not items:
         return out
     workers = min(32, (os.cpu_count() or 2) * 4)  # decoding is I/O + C code that drops the GIL
     with ThreadPoolExecutor(workers) as pool, progress(total=len(items), desc=desc, unit="img") as bar:
-        for i, img in enumerate(pool.map(lambda it: _read_image(*it), items, chunksize=64)):
+        for i, img in enumerate(pool.map(lambda it: _read_image(*it, size=size), items, chunksize=64)):
             out[i] = img
             bar.update(1)
     return out
@@ -210,7 +216,7 @@ def _find_gtsrb(root: Path) -> tuple[Path, Path, Path] | None:
     return None
 
 
-def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bool) -> ImageData:
+def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bool, size: int = IMAGE_SIZE) -> ImageData:
     class_dirs = sorted(d for d in train_dir.iterdir() if d.is_dir() and d.name.isdigit())
     if not class_dirs:
         raise DataError(f"{train_dir}: no class folders (000NN) found")
@@ -230,9 +236,9 @@ def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bo
     num_classes = max(max(y), max(t_y)) + 1
     classes = GTSRB_CLASSES if num_classes == len(GTSRB_CLASSES) else [str(i) for i in range(num_classes)]
     return ImageData(
-        x_train=_read_many(items, "reading GTSRB train"),
+        x_train=_read_many(items, "reading GTSRB train", size),
         y_train=np.asarray(y, dtype=np.int64),
-        x_test=_read_many(t_items, "reading GTSRB test"),
+        x_test=_read_many(t_items, "reading GTSRB test", size),
         y_test=np.asarray(t_y, dtype=np.int64),
         classes=list(classes),
         group_train=np.asarray(g, dtype=np.int64),
@@ -246,7 +252,7 @@ def _list_image_folder(root: Path) -> dict[str, list[Path]]:
     }
 
 
-def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0) -> ImageData:
+def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0, size: int = IMAGE_SIZE) -> ImageData:
     if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
         train = _list_image_folder(root / "train")
         test = _list_image_folder(root / "test" if (root / "test").is_dir() else root / "val")
@@ -283,22 +289,27 @@ def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0
     if not te_items:
         raise DataError(f"{root}: no test images (add ROOT/test/<class>/ or more images per class)")
     return ImageData(
-        x_train=_read_many(tr_items, "reading train"),
+        x_train=_read_many(tr_items, "reading train", size),
         y_train=y_tr,
-        x_test=_read_many(te_items, "reading test"),
+        x_test=_read_many(te_items, "reading test", size),
         y_test=y_te,
         classes=classes,
     )
 
 
-def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi_crop: bool = False) -> ImageData:
+def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi_crop: bool = False,
+            size: int = IMAGE_SIZE) -> ImageData:  # fmt: skip
     """Read a source folder (GTSRB official / torchvision / ImageFolder) into :class:`ImageData`.
 
     Args:
         source: folder to read (see module docstring for the layouts).
         out: if given, the ``.npz`` to write (atomically).
         roi_crop: crop GTSRB images to their annotated region of interest before resizing.
+        size: side of the square images every image is resized to (default 32, GTSRB's and the
+            paper's; the attacks' sticker and window scale with it, see ``StickerTrigger.placement``).
     """
+    if size < MIN_IMAGE_SIZE:
+        raise DataError(f"--size {size}: images need a side of at least {MIN_IMAGE_SIZE} pixels")
     root = Path(source).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such folder")
@@ -306,11 +317,11 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi
         raise DataError(f"{root}: is a file, expected a folder (or pass a prepared .npz)")
     found = _find_gtsrb(root)
     if found is not None:
-        data = _prepare_gtsrb(*found, roi_crop=roi_crop)
+        data = _prepare_gtsrb(*found, roi_crop=roi_crop, size=size)
     else:
         if roi_crop:
             raise DataError(f"{root}: --roi-crop needs GTSRB annotations; this is not a GTSRB folder")
-        data = _prepare_image_folder(root)
+        data = _prepare_image_folder(root, size=size)
     if out is not None:
         save_npz(data, out)
     return data

@@ -166,7 +166,8 @@ def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
     cfg = read_json(run / "attack.json")
     attack = attack_from_config(cfg)
     model, norm = load_checkpoint(run / "model.pt", device)
-    n_out = model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device)).shape[1]
+    with torch.inference_mode():
+        n_out = model(torch.zeros(1, 3, *pd.x_test.shape[1:3], device=next(model.parameters()).device)).shape[1]
     if n_out != len(pd.classes):
         raise DataError(f"{run / 'model.pt'}: model has {n_out} outputs but the data has {len(pd.classes)} classes")
     acc = clean_accuracy(predict(model, pd.x_test, norm, desc="clean test"), pd.y_test)
@@ -327,3 +328,25 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
     }
     atomic_write_json(out / "clean.json", record)
     return record
+
+
+def retrain_cleaned(run: str | os.PathLike, out: str | os.PathLike, device=None) -> dict[str, Any]:
+    """Train the cleaned run ``out`` (from :func:`clean_run`) with ``run``'s preset and seed and
+    evaluate both on the same test set.
+
+    Returns ``clean_accuracy_before``, ``clean_accuracy_after``, ``asr_before``, ``asr_after``
+    (rates in [0, 1]; ASR on the test images of the attack's source classes with the trigger),
+    ``epochs`` and ``seed``.
+    """
+    from poisonsift.training import TrainConfig
+
+    run, out = Path(run), Path(out)
+    if not (run / "train.json").is_file():
+        raise DataError(f"{run} has no trained model (train.json): train it first, to retrain with its preset")
+    before = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else evaluate_run(run, device=device)
+    cfg = TrainConfig(**read_json(run / "train.json")["config"])  # the same preset and seed
+    train_run(out, cfg, device=device)
+    after = evaluate_run(out, device=device)
+    return {"clean_accuracy_before": before["clean_accuracy"], "clean_accuracy_after": after["clean_accuracy"],
+            "asr_before": before["asr"], "asr_after": after["asr"], "epochs": cfg.epochs, "seed": cfg.seed}  # fmt: skip
+

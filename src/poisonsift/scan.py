@@ -15,15 +15,14 @@
 
 Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
 ``suspicious``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
-``seconds`` per stage, and where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr``
-over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
+``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run), and
+where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
 ``cluster_labels`` for every training image; scores are comparable within a class only).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.executors import make_executor, unit
-from poisonsift.utils import atomic_write_bytes, atomic_write_json, atomic_write_npz
+from poisonsift.utils import atomic_write_json, atomic_write_npy, atomic_write_npz
 
 __all__ = ["scan_run", "SCAN_METHODS", "scan_class"]
 
@@ -43,28 +42,19 @@ SCAN_METHODS = ("hc", "ac")
 
 def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
     """All training images' heatmaps (HC) or activations (AC) in one ``.npy`` under ``run/cache``."""
-    from poisonsift.explain import activations, cached_lrp_heatmaps
-    from poisonsift.explain import _fingerprint as fingerprint
-    from poisonsift.models import DEFAULT_HIDDEN_LAYER
+    from poisonsift.explain import _fingerprint, activations, lrp_cache_file
+    from poisonsift.models import default_hidden_layer
     from poisonsift.training import load_checkpoint
 
     model, norm = load_checkpoint(run / "model.pt", device)
     cache = run / "cache"
     if spec.method == "hc":
-        key = fingerprint(model, pd.x_train, pd.y_train, norm, spec.lrp_precision, spec.lrp_rule)
-        path = cache / f"heatmaps-{key}.npy"
-        if not path.is_file():  # cached_lrp_heatmaps writes it there
-            cached_lrp_heatmaps(model, pd.x_train, pd.y_train, norm, str(cache), precision=spec.lrp_precision,
-                                rule=spec.lrp_rule)  # fmt: skip
-        return path
-    layer = spec.layer or DEFAULT_HIDDEN_LAYER
-    key = fingerprint(model, pd.x_train, pd.y_train, norm) + "-" + layer
-    path = cache / f"activations-{key}.npy"
+        return lrp_cache_file(model, pd.x_train, pd.y_train, norm, cache, precision=spec.lrp_precision,
+                              rule=spec.lrp_rule, desc="LRP (all classes)")  # fmt: skip
+    layer = spec.layer or default_hidden_layer(model)
+    path = cache / f"activations-{_fingerprint(model, pd.x_train, pd.y_train, norm)}-{layer}.npy"
     if not path.is_file():
-        feats = activations(model, pd.x_train, layer, norm, desc="activations (all classes)")
-        buf = io.BytesIO()
-        np.save(buf, feats)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_npy(path, activations(model, pd.x_train, layer, norm, desc="activations (all classes)"))
     return path
 
 
@@ -160,6 +150,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         "seconds": seconds,
         "config": spec.to_dict(),
         "executor": ex.name,
+        "features": os.path.relpath(feats, run),  # the heatmaps / activations, for the report
     }
     if pd.poison_mask.any():
         m = detection_metrics(pd.poison_mask, flagged)

@@ -31,7 +31,7 @@ from torch import nn
 
 from poisonsift.augment import AugmentConfig, augment_batch, to_float
 from poisonsift.errors import CheckpointError, ConfigError
-from poisonsift.models import build_model
+from poisonsift.models import DEFAULT_ARCH, build_model, check_arch
 from poisonsift.utils import atomic_torch_save, auto_batch_size, default_device, progress
 
 __all__ = [
@@ -68,10 +68,12 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     max_steps: int | None = None  # cap on optimiser steps (for tests and the quick demo)
+    arch: str = DEFAULT_ARCH  # poisonsift.models.build_model: small-inception, resnet20, torchvision:<name>
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
+        check_arch(self.arch)
         if self.schedule not in ("onecycle", "constant"):
             raise ConfigError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -80,7 +82,10 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["arch"] == DEFAULT_ARCH:  # the paper's network keys its cached runs as before arch existed
+            del d["arch"]
+        return d
 
 
 #: The ``cpu`` preset keeps every augmentation of the paper but shrinks the
@@ -249,7 +254,7 @@ def train(
     groups = np.arange(len(y)) if groups is None else groups
     tr_idx, val_idx = split_by_group(groups, cfg.val_fraction, cfg.seed)
     normalizer = Normalizer.fit(x[tr_idx])
-    model = model if model is not None else build_model(num_classes=num_classes)
+    model = model if model is not None else build_model(cfg.arch, num_classes=num_classes)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -331,8 +336,11 @@ def train(
     return TrainResult(model, normalizer, history, best_epoch, time.perf_counter() - t0, stopped_early)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, normalizer: Normalizer, arch: str = "small-inception") -> None:
-    """Save a ``state_dict`` checkpoint with what is needed to rebuild the model (atomically)."""
+def save_checkpoint(path: str | Path, model: nn.Module, normalizer: Normalizer, arch: str | None = None) -> None:
+    """Save a ``state_dict`` checkpoint with what is needed to rebuild the model (atomically):
+    the architecture (``arch``, else the ``model.arch`` that :func:`build_model` records), the
+    number of classes and the normaliser."""
+    arch = arch or getattr(model, "arch", DEFAULT_ARCH)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save(
         path,
@@ -361,6 +369,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
     try:
         model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"])
         model.load_state_dict(ckpt["state_dict"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
     device = torch.device(device) if device is not None else default_device()

@@ -19,6 +19,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_npz",
+    "atomic_write_npy",
+    "atomic_npy_memmap",
     "atomic_torch_save",
     "cache_dir",
     "progress",
@@ -76,6 +78,44 @@ def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write one array as ``.npy`` atomically (loadable with ``np.load(..., mmap_mode="r")``)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class atomic_npy_memmap:
+    """``with atomic_npy_memmap(path, shape, dtype) as arr:`` fill a ``.npy`` on disk in place.
+
+    ``arr`` is a writable memory map of a temporary file beside ``path``; on a clean exit it is
+    flushed and renamed to ``path``, on an error removed. For arrays built in batches that need
+    not fit in memory (heatmaps of a whole training set).
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+
+    def __enter__(self) -> np.memmap:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+        return self.arr
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.arr.flush()
+        finally:
+            del self.arr
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

@@ -11,13 +11,12 @@ from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs,
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.defences.base import DetectionResult
 from poisonsift.explain import activations
-from poisonsift.models import DEFAULT_HIDDEN_LAYER
 
 @dataclass
 class ACConfig:
     """Activation Clustering (Chen et al.): a hidden layer -> PCA(10) -> k-means++ (k = 2)."""
 
-    layer: str = DEFAULT_HIDDEN_LAYER
+    layer: str | None = None  # None: models.default_hidden_layer (relu_fc2 on SmallInception)
     n_components: int = 10
     seed: int = 0
     batch_size: int | None = None  # None: utils.auto_batch_size (31 for SmallInception on CPU)
@@ -30,7 +29,7 @@ class ActivationClustering(_Base):
 
     def detect(self, model, images, labels, normalizer=None) -> DetectionResult:
         _check_inputs(images, labels)
-        _check_model_outputs(model, labels, normalizer)
+        _check_model_outputs(model, labels, normalizer, images.shape[1:3])
         t = time.perf_counter()
         feats = activations(model, images, self.config.layer, normalizer, self.config.batch_size)
         return self.cluster(feats, {"activations": time.perf_counter() - t})

@@ -50,22 +50,22 @@ class DetectionResult:
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray) -> None:
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
-        raise DataError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}")
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise DataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     if len(images) != len(labels):
         raise DataError(f"{len(images)} images but {len(labels)} labels")
     if len(images) < 2:
         raise DataError(f"a class needs at least 2 images to be split into clusters, got {len(images)}")
 
 
-def _check_model_outputs(model: nn.Module, labels: np.ndarray, normalizer) -> None:
+def _check_model_outputs(model: nn.Module, labels: np.ndarray, normalizer, size: tuple[int, int] = (32, 32)) -> None:
     import torch
 
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
     with torch.inference_mode():
-        x = torch.zeros(1, 3, 32, 32, device=dev)
+        x = torch.zeros(1, 3, *size, device=dev)
         k = model(normalizer(x) if normalizer is not None else x).shape[1]
     model.train(was)
     if labels.max() >= k:

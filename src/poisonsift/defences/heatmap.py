@@ -11,7 +11,7 @@ from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs,
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.errors import ConfigError
 from poisonsift.defences.base import DetectionResult
-from poisonsift.explain import cached_lrp_heatmaps, point_clouds
+from poisonsift.explain import cached_lrp_heatmaps, point_clouds, pool_heatmaps
 from poisonsift.gw import GWKMeansConfig, gw_kmeans, gw_mds
 
 #: HC's decision rule by default (chosen by measurement; the README's ablation table)
@@ -49,12 +49,17 @@ class HCConfig:
     #: the decision on the split; HC's default reads the split statistic's distribution
     #: (measured in the README: it flags the poison that ``smaller`` leaves in)
     rule: ClusterRule = field(default_factory=lambda: ClusterRule(HC_DEFAULT_RULE))
+    #: heatmaps larger than ``grid`` x ``grid`` are summed onto that raster before their point
+    #: clouds (:func:`poisonsift.explain.pool_heatmaps`); 32 keeps GTSRB's maps as they are
+    grid: int = 32
 
     def __post_init__(self) -> None:
         from poisonsift.explain import check_lrp_rule, lrp_dtype
 
         check_lrp_rule(self.lrp_rule)
         lrp_dtype(self.lrp_precision)
+        if self.grid < 2:
+            raise ConfigError(f"grid must be >= 2 pixels, got {self.grid}")
         if self.lrp_rule == "paper" and self.lrp_precision != "float32":
             raise ConfigError("the paper LRP rule runs in float32; bfloat16 is for --lrp-rule epsilon-gamma-box")
 
@@ -65,7 +70,7 @@ class HeatmapClustering(_Base):
 
     def detect(self, model, images, labels, normalizer=None) -> DetectionResult:
         _check_inputs(images, labels)
-        _check_model_outputs(model, labels, normalizer)
+        _check_model_outputs(model, labels, normalizer, images.shape[1:3])
         cfg = self.config
         idx = np.arange(len(images))
         if cfg.subset is not None and cfg.subset < len(images):
@@ -94,7 +99,7 @@ class HeatmapClustering(_Base):
         cfg = self.config
         seconds = dict(seconds or {})
         t = time.perf_counter()
-        clouds = point_clouds(heatmaps, cfg.mass, cfg.fallback)
+        clouds = point_clouds(pool_heatmaps(heatmaps, cfg.grid), cfg.mass, cfg.fallback)
         seconds["clouds"] = time.perf_counter() - t
         t = time.perf_counter()
         km = gw_kmeans(clouds, cfg.gw, cfg.engine)

@@ -10,10 +10,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from poisonsift.explain import activations
-from poisonsift.models import DEFAULT_HIDDEN_LAYER
 
 def rank_classes(model, images: np.ndarray, labels: np.ndarray, normalizer=None, seed: int = 0,
-                 layer: str = DEFAULT_HIDDEN_LAYER, min_size: int = 10) -> list[dict[str, Any]]:  # fmt: skip
+                 layer: str | None = None, min_size: int = 10) -> list[dict[str, Any]]:  # fmt: skip
     """Suspicious-class search (beyond the paper): Activation Clustering on every class.
 
     Classes are ranked by the silhouette score of their two-way split (a class

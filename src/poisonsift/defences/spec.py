@@ -14,7 +14,6 @@ from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 from poisonsift.errors import ConfigError
 from poisonsift.gw import GWKMeansConfig
-from poisonsift.models import DEFAULT_HIDDEN_LAYER
 from poisonsift.utils import config_hash
 
 __all__ = ["DetectSpec", "METHODS", "build_defence", "default_rule"]
@@ -35,7 +34,7 @@ class DetectSpec:
 
     ``rule`` None takes :func:`default_rule` of the method; ``decision`` holds the rule's
     parameters (:class:`~poisonsift.defences.decision.ClusterRule`, its ``rule`` and ``seed``
-    are set from this spec). ``lrp_rule``, ``lrp_precision`` and ``view_samples`` are HC's.
+    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples`` and ``grid`` are HC's.
     """
 
     method: str
@@ -49,6 +48,7 @@ class DetectSpec:
     lrp_precision: str = "float32"
     lrp_rule: str = "paper"
     decision: ClusterRule = field(default_factory=ClusterRule)
+    grid: int = 32
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -71,7 +71,7 @@ class DetectSpec:
     def hc_config(self, cache_dir: str | None = None) -> HCConfig:
         return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
                         subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
-                        lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule)  # fmt: skip
+                        lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid)  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,10 +85,11 @@ class DetectSpec:
 
             fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
         else:
-            for k in ("view_samples", "lrp_precision", "lrp_rule"):
+            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid"):
                 del fields[k]
-        if self.lrp_precision == "float32" and "lrp_precision" in fields:
-            del fields["lrp_precision"]
+        for k, default in (("lrp_precision", "float32"), ("grid", 32)):  # defaults keep the keys they had
+            if fields.get(k) == default:
+                del fields[k]
         return config_hash({"version": 2, **fields})
 
     def filename(self) -> str:
@@ -105,7 +106,7 @@ def build_defence(spec: DetectSpec | str, cache_dir: str | None = None):
     r = spec.cluster_rule()
     if spec.method in ("raw-pca", "raw-ica"):
         return RawClustering(RawConfig(reducer=spec.method[4:], seed=spec.seed, rule=r))
-    layer = spec.layer or DEFAULT_HIDDEN_LAYER
+    layer = spec.layer  # None: the model's default (models.default_hidden_layer)
     if spec.method == "ac":
         return ActivationClustering(ACConfig(layer=layer, seed=spec.seed, rule=r))
     if spec.method == "spectral":

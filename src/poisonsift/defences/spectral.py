@@ -10,7 +10,6 @@ import numpy as np
 from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs, _view2d
 from poisonsift.defences.base import DetectionResult
 from poisonsift.explain import activations
-from poisonsift.models import DEFAULT_HIDDEN_LAYER
 
 @dataclass
 class SpectralConfig:
@@ -19,7 +18,7 @@ class SpectralConfig:
     ``eps_hat`` is the assumed upper bound on the poisoned share (ART's default 0.33).
     """
 
-    layer: str = DEFAULT_HIDDEN_LAYER
+    layer: str | None = None  # None: models.default_hidden_layer (relu_fc2 on SmallInception)
     eps_hat: float = 0.33
     batch_size: int | None = None  # None: utils.auto_batch_size
 
@@ -30,7 +29,7 @@ class SpectralSignatures(_Base):
 
     def detect(self, model, images, labels, normalizer=None) -> DetectionResult:
         _check_inputs(images, labels)
-        _check_model_outputs(model, labels, normalizer)
+        _check_model_outputs(model, labels, normalizer, images.shape[1:3])
         t = time.perf_counter()
         feats = activations(model, images, self.config.layer, normalizer, self.config.batch_size).astype(np.float64)
         seconds = {"activations": time.perf_counter() - t}

@@ -33,7 +33,6 @@ __all__ = ["paper_epsilon", "paper_composite", "safe_inverse", "output_hook", "f
 PAPER_EXPONENT = 2
 PAPER_EPSILON = 1e-6
 
-_RULE_LAYERS = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
 
 
 def safe_inverse(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -120,19 +119,32 @@ def fast_paper_rule(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONE
     return output_hook(lambda module, x, out: _PaperLinear.apply(x, out.detach(), module, epsilon, exponent))
 
 
+def residual_canonizers() -> list:
+    """zennit's canonizers that route the residual addition of torchvision's ``BasicBlock`` and
+    ``Bottleneck`` (torchvision ResNets, :class:`poisonsift.models.ResNet20`) through a ``Sum``
+    module, so that a rule can take the addition's place (BatchNorm is not merged here)."""
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+    return [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
+
+
 def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
-    """A zennit composite of the paper's rule: Conv2d / Linear / AvgPool2d by the rule, BatchNorm passed.
+    """A zennit composite of the paper's rule: Conv2d / Linear / average pooling / residual sums
+    by the rule, BatchNorm passed.
 
     ``fast``: Conv2d and Linear through :func:`fast_paper_rule` (the same relevance, fewer
-    products); AvgPool2d always takes the plain :func:`paper_epsilon`.
+    products); pooling and sums always take the plain :func:`paper_epsilon`. A residual sum
+    a + b is the linear layer with unit weights, so the rule splits its relevance in the ratio
+    a^2 : b^2 (relevance is conserved through the block).
     """
     from zennit.composites import LayerMapComposite
+    from zennit.layer import Sum
     from zennit.rules import Pass
 
     plain = paper_epsilon(epsilon, exponent)
     layer_map = [
         ((nn.Conv2d, nn.Linear), fast_paper_rule(epsilon, exponent) if fast else plain),
-        ((nn.AvgPool2d,), plain),
+        ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum), plain),
         ((nn.modules.batchnorm._BatchNorm,), _bn_pass() if fast else Pass()),
     ]
-    return LayerMapComposite(layer_map=layer_map)
+    return LayerMapComposite(layer_map=layer_map, canonizers=residual_canonizers())

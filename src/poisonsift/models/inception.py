@@ -1,4 +1,4 @@
-"""Classifier networks.
+"""The paper's network.
 
 `SmallInception` is the paper's network (its code's ``InceptionNet3``): one
 Inception-A module applied directly to the 32x32 input, three
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SmallInception", "ConvBN", "InceptionA", "DEFAULT_HIDDEN_LAYER", "build_model", "count_parameters"]
+__all__ = ["SmallInception", "ConvBN", "InceptionA", "DEFAULT_HIDDEN_LAYER"]
 
 #: Name of the last hidden layer's activation (128-d), used by default by defences.
 DEFAULT_HIDDEN_LAYER = "relu_fc2"
@@ -63,7 +63,8 @@ class SmallInception(nn.Module):
     :func:`poisonsift.training.normalize`). Output: logits (B, num_classes).
 
     Spatial sizes: 32 -(inception)-> 32 -(pool)-> 16 -(conv2x2)-> 15 -(pool)-> 7
-    -(conv2x2)-> 6 -(pool)-> 3 -(conv2x2)-> 2 -(pool)-> 1.
+    -(conv2x2)-> 6 -(pool)-> 3 -(conv2x2)-> 2 -(pool)-> 1. The last pool is a global max-pool
+    (the paper's 2x2 max-pool at 32 x 32, the same function and weights), so larger images fit.
     """
 
     def __init__(self, num_classes: int = 43, dropout: float = 0.5) -> None:
@@ -77,7 +78,7 @@ class SmallInception(nn.Module):
         self.block2 = ConvBN(256, 256, 2)
         self.pool3 = nn.MaxPool2d(2)
         self.block3 = ConvBN(256, 256, 2)
-        self.pool4 = nn.MaxPool2d(2)
+        self.pool4 = nn.AdaptiveMaxPool2d(1)  # = MaxPool2d(2) on the 2x2 map of a 32x32 input
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(256, 256)
         self.relu_fc1 = nn.ReLU()
@@ -96,15 +97,3 @@ class SmallInception(nn.Module):
         x = self.drop1(self.relu_fc1(self.fc1(x)))
         x = self.drop2(self.relu_fc2(self.fc2(x)))
         return self.fc3(x)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def build_model(name: str = "small-inception", num_classes: int = 43) -> nn.Module:
-    """Build a registered architecture by name (currently ``small-inception``)."""
-    if name != "small-inception":
-        raise ValueError(f"unknown model {name!r}; available: 'small-inception'")
-    return SmallInception(num_classes=num_classes)

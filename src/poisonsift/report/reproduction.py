@@ -36,30 +36,11 @@ from typing import Any
 import numpy as np
 
 from poisonsift.errors import DataError
+from poisonsift.report._page import CHECK_JS, CSS, savefig
 from poisonsift.utils import atomic_write_bytes
 
 __all__ = ["write_report", "table_markdown"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
-th{background:#f3f3f3}td.src{text-align:left;color:#555}
-tr.ours td{font-weight:600}tr.diff td{color:#777;font-size:.85em}
-.pos{color:#1a7f37}.neg{color:#c62828}
-img{max-width:100%;border:1px solid #eee}
-.note{color:#555;font-size:.9em}
-"""
-
-_CHECK_JS = """
-window.addEventListener('load', function () {
-  var imgs = document.images, broken = 0;
-  for (var i = 0; i < imgs.length; i++) { if (!imgs[i].complete || imgs[i].naturalWidth === 0) broken++; }
-  document.body.setAttribute('data-images', String(imgs.length));
-  document.body.setAttribute('data-broken-images', String(broken));
-});
-"""
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -68,17 +49,6 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
-
-
-def _savefig(fig, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -107,7 +77,7 @@ def _fig_examples(runs: dict[str, str], figdir: Path) -> Path | None:
                 ax.imshow(pd.x_train[idx[j]], interpolation="nearest")
         axes[i, 0].set_title(kind, loc="left", fontsize=9)
     path = figdir / "examples.png"
-    _savefig(fig, path)
+    savefig(fig, path)
     return path
 
 
@@ -149,7 +119,7 @@ def _fig_heatmaps(run: str, figdir: Path) -> Path | None:
     axes[1, 0].set_ylabel("LRP heatmap")
     axes[2, 0].set_ylabel("point cloud")
     path = figdir / "heatmaps.png"
-    _savefig(fig, path)
+    savefig(fig, path)
     return path
 
 
@@ -208,7 +178,7 @@ def _fig_clusters(name: str, detections: dict[str, str], figdir: Path) -> Path |
     axes[0, 0].legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     path = figdir / f"clusters-{name}.png"
-    _savefig(fig, path)
+    savefig(fig, path)
     return path
 
 
@@ -232,7 +202,7 @@ def _fig_per_class(table: dict[str, Any], figdir: Path) -> Path | None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=len(series))
     path = figdir / f"per-class-asr-{table['name']}.png"
-    _savefig(fig, path)
+    savefig(fig, path)
     return path
 
 
@@ -313,7 +283,8 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
     out = Path(out)
     rj = out / "results.json"
     if not rj.is_file():
-        raise DataError(f"{out}: no results.json here; run `poisonsift reproduce --out {out}` first")
+        raise DataError(f"{out}: no results.json here; run `poisonsift reproduce --out {out}` first "
+                        f"(or `poisonsift scan --run {out}` for the report of a scan)")
     try:
         res = json.loads(rj.read_text())
     except json.JSONDecodeError as exc:
@@ -359,7 +330,7 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             f"{res.get('computed', {}).get('detections', 0)} detections of {res.get('computed', {}).get('units', 0)} units. "
             "Rates in percent; Δ = ours - paper (percentage points).")  # fmt: skip
     h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
-         f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
+         f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
     md = [f"# {title}", "", meta.replace("<b>", "**").replace("</b>", "**"), ""]
     for t in res["tables"].values():
         heading = f"{'Figure 6' if t['name'] == 'fig6' else 'Table ' + t['name']}: {t['title']}"

@@ -1,0 +1,79 @@
+"""Classifier networks, by architecture name.
+
+* ``small-inception``: the paper's network (:class:`SmallInception`, ~1.1M parameters);
+* ``resnet20``: He et al.'s CIFAR ResNet-20 (:class:`ResNet20`, ~0.27M parameters);
+* ``torchvision:<name>``: any torchvision classification model (``torchvision:resnet18``),
+  untrained, with the data's number of classes.
+
+:func:`build_model` records the name on the model (``model.arch``), so checkpoints rebuild it;
+:func:`default_hidden_layer` is the layer activation defences read when none is named.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from poisonsift.errors import ConfigError
+from poisonsift.models.inception import DEFAULT_HIDDEN_LAYER, ConvBN, InceptionA, SmallInception
+from poisonsift.models.resnet import ResNet20, torchvision_model
+
+__all__ = [
+    "ARCHS",
+    "DEFAULT_ARCH",
+    "DEFAULT_HIDDEN_LAYER",
+    "ConvBN",
+    "InceptionA",
+    "ResNet20",
+    "SmallInception",
+    "build_model",
+    "check_arch",
+    "count_parameters",
+    "default_hidden_layer",
+]
+
+DEFAULT_ARCH = "small-inception"
+#: Built-in architectures; ``torchvision:<name>`` names any torchvision classifier besides.
+ARCHS = ("small-inception", "resnet20")
+_TV = "torchvision:"
+
+
+def check_arch(name: str) -> str:
+    """``name`` if it names an architecture, else a :class:`ConfigError` saying which do."""
+    if name in ARCHS or (name.startswith(_TV) and len(name) > len(_TV)):
+        return name
+    raise ConfigError(f"unknown architecture {name!r}; use {', '.join(ARCHS)} or torchvision:<name> (e.g. torchvision:resnet18)")
+
+
+def build_model(name: str = DEFAULT_ARCH, num_classes: int = 43) -> nn.Module:
+    """A freshly initialised network of architecture ``name`` with ``num_classes`` outputs."""
+    check_arch(name)
+    if name == "small-inception":
+        model: nn.Module = SmallInception(num_classes=num_classes)
+    elif name == "resnet20":
+        model = ResNet20(num_classes=num_classes)
+    else:
+        model = torchvision_model(name[len(_TV) :], num_classes)
+    model.arch = name
+    model.num_classes = num_classes
+    return model
+
+
+def default_hidden_layer(model: nn.Module) -> str:
+    """The layer activation defences read by default: the model's ``default_hidden_layer``
+    (``relu_fc2`` for SmallInception, ``avgpool`` for ResNet-20), else the module that feeds the
+    last linear layer (``avgpool`` in a torchvision ResNet, the last dropout of a VGG head)."""
+    name = getattr(model, "default_hidden_layer", None)
+    if isinstance(model, SmallInception):
+        return DEFAULT_HIDDEN_LAYER
+    if name:
+        return name
+    names = [n for n, m in model.named_modules() if n and not list(m.children())]
+    linear = [i for i, n in enumerate(names) if isinstance(model.get_submodule(n), nn.Linear)]
+    if not linear or linear[-1] == 0:
+        raise ConfigError("this model has no layer before a final linear layer; name one with --layer")
+    return names[linear[-1] - 1]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
