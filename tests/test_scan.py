@@ -5,24 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_tiny_data
-from poisonsift.attacks import StandardBackdoor, StickerTrigger
 from poisonsift.cli import main
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.runs import load_poisoned, poison_run, train_run
+from poisonsift.runs import load_poisoned
 from poisonsift.scan import scan_run
-from poisonsift.training import get_preset
-
-
-@pytest.fixture(scope="module")
-def attacked_run(tmp_path_factory):
-    """Class 5 holds 20 stickered images relabelled from class 2; a SmallInception trained 3 epochs
-    (a 5x5 sticker: 40 images a class and 3 epochs teach a 3x3 one too weakly for a stable test)."""
-    d = tmp_path_factory.mktemp("scan") / "run"
-    attack = StandardBackdoor(p=0.33, source_class=2, target_class=5, trigger=StickerTrigger(size=5))
-    poison_run(make_tiny_data(n_per_class=40), attack, d, seed=0)
-    train_run(d, get_preset("cpu", epochs=3, seed=0))
-    return d
 
 
 @pytest.mark.parametrize("method", ["hc", "ac"])
