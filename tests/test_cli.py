@@ -53,6 +53,8 @@ def test_label_consistent_cli_with_given_surrogate(tiny_data, tmp_path, capsys):
         (["poison", "--data", "/nonexistent/x.npz", "--attack", "standard", "--out", "o"], "no such file"),
         (["train", "--run", "/nonexistent/run"], "run `poisonsift poison"),
         (["data", "prepare", "--source", "/nonexistent", "--out", "x.npz"], "no such folder"),
+        (["train", "--run", "r", "--arch", "resnet21"], "unknown architecture 'resnet21'"),
+        (["data", "prepare", "--source", ".", "--out", "x.npz", "--size", "4"], "at least 8 pixels"),
     ],
 )
 def test_bad_input_is_one_clear_line(argv, message, capsys):

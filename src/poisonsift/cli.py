@@ -298,7 +298,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
-        train={"epochs": args.epochs} if args.epochs else None,
+        train={k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v and v != "small-inception"} or None,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]
@@ -457,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--repeats", type=int, default=None, help="table 5: repeats per p (default 10)")
     rp.add_argument("--epochs", type=int, default=None,
                     help="override the preset's epochs for every training (a quicker, smaller reproduction)")
+    add_arch(rp)
     rp.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB or the cache)")
     rp.add_argument("--out", default="runs/reproduce", help="where results.json and the report go")
     rp.add_argument("--cache", default=None, help="artefact cache (default: $POISONSIFT_CACHE/experiments)")

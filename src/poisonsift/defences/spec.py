@@ -65,9 +65,6 @@ class DetectSpec:
         if self.method in _HC_METHODS:
             self.hc_config()  # validates the LRP rule and precision
 
-    def cluster_rule(self) -> ClusterRule:
-        return self.decision
-
     def hc_config(self, cache_dir: str | None = None) -> HCConfig:
         return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
                         subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
@@ -103,7 +100,7 @@ def build_defence(spec: DetectSpec | str, cache_dir: str | None = None):
     """
     if isinstance(spec, str):
         spec = DetectSpec(spec)
-    r = spec.cluster_rule()
+    r = spec.decision
     if spec.method in ("raw-pca", "raw-ica"):
         return RawClustering(RawConfig(reducer=spec.method[4:], seed=spec.seed, rule=r))
     layer = spec.layer  # None: the model's default (models.default_hidden_layer)

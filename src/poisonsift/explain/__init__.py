@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
+from poisonsift.explain._hooks import _input_grad, output_hook
 from poisonsift.training import Normalizer, model_inputs
 from poisonsift.utils import native_bfloat16, progress
 
@@ -151,27 +152,6 @@ def lrp_dtype(precision: str) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def _input_grad(conv: nn.Conv2d, weight: torch.Tensor, grad_out: torch.Tensor, in_shape) -> torch.Tensor:
-    """W' grad_out for ``conv`` with ``weight``: the input gradient of the convolution.
-
-    For stride 1 with zero padding of at most k - 1 (no dilation, no groups) this is a plain
-    convolution with the kernel flipped and its channel axes swapped, padded by k - 1 - p:
-    with oneDNN on 2 CPU cores 0-20 % faster than ``conv2d_input`` (measured on this
-    network's 2x2, 3x3 and 5x5 layers, batch 64). Any other convolution ('same' padding,
-    reflect / circular padding modes, strides, dilation, groups) goes through autograd on
-    the layer's own forward, which handles all of them.
-    """
-    k = weight.shape[-2:]
-    pad = conv.padding
-    if (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(pad, str) and all(0 <= p <= kk - 1 for p, kk in zip(pad, k))):  # fmt: skip
-        flipped = weight.flip(-2, -1).transpose(0, 1)
-        return nn.functional.conv2d(grad_out, flipped, padding=(k[0] - 1 - pad[0], k[1] - 1 - pad[1]))
-    with torch.enable_grad():
-        probe = grad_out.new_zeros(in_shape).requires_grad_(True)
-        return torch.autograd.grad(conv._conv_forward(probe, weight, None), probe, grad_out)[0]
-
-
 class _GammaConv(torch.autograd.Function):
     """Forward: the convolution's output z, unchanged. Backward: zennit's generalised Gamma rule.
 
@@ -258,8 +238,6 @@ def fast_gamma_rule(gamma: float = 0.25, stabilizer: float = 1e-6, signed: bool 
     the extra convolutions (see :func:`lrp_heatmaps`). Returns a zennit hook template
     for a composite's module map (``nn.Conv2d`` only).
     """
-    from poisonsift.explain.paper_rule import output_hook
-
     return output_hook(lambda module, x, out: _GammaConv.apply(x, out.detach(), module, gamma, stabilizer, dtype, signed))
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from poisonsift.explain._hooks import _input_grad, output_hook
+
 __all__ = ["paper_epsilon", "paper_composite", "safe_inverse", "output_hook", "fast_paper_rule", "PAPER_EPSILON", "PAPER_EXPONENT"]
 
 #: The paper's code: ``lrp_exponent=2``, epsilon 1e-6.
@@ -59,27 +61,6 @@ def paper_epsilon(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT
     )
 
 
-def output_hook(replace):
-    """A zennit hook template that swaps a module's output for ``replace(module, input, output)``
-    while relevance is being computed (grad enabled, input requiring grad): the way a custom
-    autograd function (whose backward is the rule) or a pass-through takes the layer's place."""
-    from zennit.core import Hook, RemovableHandle, RemovableHandleList
-
-    class OutputHook(Hook):
-        def copy(self):
-            return OutputHook()
-
-        def forward(self, module, args, output):
-            if not self.active or not torch.is_grad_enabled() or not args[0].requires_grad:
-                return None
-            return replace(module, args[0], output)
-
-        def register(self, module):
-            return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.forward)])
-
-    return OutputHook()
-
-
 def _bn_pass():
     """BatchNorm's output unchanged, its relevance passed through unchanged: ``x + (bn(x) - x).detach()``
     has the BatchNorm's value and the identity as gradient (zennit's ``Pass`` without a full
@@ -101,8 +82,6 @@ class _PaperLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, rel):
-        from poisonsift.explain import _input_grad
-
         x2, inv = ctx.saved_tensors
         module = ctx.module
         w2 = _power(module.weight, ctx.exponent)
