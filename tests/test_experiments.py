@@ -242,8 +242,8 @@ def test_ray_executor_gives_the_local_results(tmp_path, tiny_npz):
     # the trained weights are identical too
     import torch
 
-    wa = torch.load(f"{local['tables']['1']['rows'][0]['runs'][0]}/model.pt", weights_only=True)
-    wb = torch.load(f"{remote['tables']['1']['rows'][0]['runs'][0]}/model.pt", weights_only=True)
+    wa = torch.load(tmp_path / "ca" / local["tables"]["1"]["rows"][0]["runs"][0] / "model.pt", weights_only=True)
+    wb = torch.load(tmp_path / "cb" / remote["tables"]["1"]["rows"][0]["runs"][0] / "model.pt", weights_only=True)
     for k in wa["state_dict"]:
         assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
 
@@ -277,7 +277,9 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
 def test_detections_save_their_arrays(tmp_path, tiny_npz):
     res = ex.reproduce([tiny_table(ps=(0.33,), detections=("AC",))], data=tiny_npz, out=tmp_path / "o",
                        cache=tmp_path / "c", report=False)  # fmt: skip
-    path = res["tables"]["1"]["rows"][0]["detections"]["AC"][0]
+    rel = res["tables"]["1"]["rows"][0]["detections"]["AC"][0]
+    assert not rel.startswith("/") and rel.startswith("runs/")  # results.json holds no absolute path
+    path = str(ex.resolve_result_path(tmp_path / "o", res, rel))
     with np.load(path.replace(".json", ".npz")) as z:
         n = len(z["rows"])
         assert z["embedding"].shape == (n, 2) and z["truth"].dtype == bool and z["scores"].shape == (n,)

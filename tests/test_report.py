@@ -53,6 +53,17 @@ def test_report_has_every_table_beside_the_paper(reproduced):
     assert "Seconds per stage" in page and "Seconds per stage" in md
 
 
+def test_results_and_report_hold_no_absolute_path(reproduced):
+    """The reproduction can be published as it is: nothing names the machine it ran on."""
+    root = str(reproduced.parent)
+    for name in ("results.json", "report.html", "report.md"):
+        assert root not in (reproduced / name).read_text(), name
+    res = json.loads((reproduced / "results.json").read_text())
+    assert res["cache"] == "../cache" and res["data"] == "../tiny.npz"
+    run = res["tables"]["1"]["rows"][0]["runs"][0]
+    assert run.startswith("runs/") and (reproduced / res["cache"] / run / "metrics.json").is_file()
+
+
 def test_report_figures_exist_and_are_linked(reproduced):
     page = (reproduced / "report.html").read_text()
     srcs = re.findall(r"<img src='([^']+)'", page)

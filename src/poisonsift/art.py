@@ -28,6 +28,7 @@ import numpy as np
 
 from poisonsift.defences import DetectSpec, build_defence
 from poisonsift.errors import ConfigError, DataError
+from poisonsift.scan import class_evidence
 from poisonsift.training import Normalizer
 
 try:
@@ -65,8 +66,8 @@ class HeatmapClusteringDefence(PoisonFilteringDefence):
         """Run HC on each examined class.
 
         Returns ``(report, is_clean_lst)``: ``report`` maps ``"Class_<c>"`` to that class's
-        ``n``, ``n_flagged``, ``suspicious`` and ``evidence`` (Ashman's D of the split
-        statistic's two modes, 0 where one mode fits better); ``is_clean_lst[i]`` is 1 where
+        ``n``, ``n_flagged``, ``suspicious`` and ``evidence`` (:func:`poisonsift.scan.class_evidence`:
+        the per-image log-likelihood ratio of two modes against one, 0 where no mode could be poison); ``is_clean_lst[i]`` is 1 where
         ``x_train[i]`` is judged clean, 0 where poisoned (classes not examined stay 1).
         """
         self._set(**kwargs)
@@ -85,9 +86,8 @@ class HeatmapClusteringDefence(PoisonFilteringDefence):
             res = defence.detect(model, images[rows], labels[rows], norm)
             is_clean[rows[res.is_poisoned]] = 0
             mt = res.analysis.get("mixture", {})
-            two = mt.get("bic2", np.inf) < mt.get("bic1", -np.inf)
             report[f"Class_{c}"] = {"n": len(rows), "n_flagged": int(res.is_poisoned.sum()), "suspicious": bool(res.suspicious),
-                                    "evidence": float(mt["separation"]) if two else 0.0}  # fmt: skip
+                                    "evidence": class_evidence(mt, self.spec, len(rows))}  # fmt: skip
         self.report = report
         self.is_clean_lst = is_clean.tolist()
         return report, self.is_clean_lst

@@ -171,7 +171,8 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   engine=getattr(args, "engine", "fast"), subset=getattr(args, "subset", None), rule=args.rule,
                   seed=args.seed, warm_start=getattr(args, "warm_start", True),
                   view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
-                  lrp_rule=args.lrp_rule, decision=decision, grid=args.grid)  # fmt: skip
+                  lrp_rule=args.lrp_rule, decision=decision, grid=args.grid,
+                  one_sided=not args.two_sided)  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 
@@ -232,9 +233,10 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from poisonsift.scan import scan_run
 
     s = scan_run(args.run, detect_spec(args, args.method), executor=args.executor, jobs=args.jobs,
-                 ray_address=args.ray_address)  # fmt: skip
-    lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8}  suspicious"]
-    lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.2f}  {'yes' if e['suspicious'] else ''}"
+                 ray_address=args.ray_address, outlier_z=args.outlier_z)  # fmt: skip
+    lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8} {'outlier z':>9}  suspicious"]
+    lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.3f} {e['outlier_z']:>9.1f}  "
+              f"{'yes' if e['suspicious'] else ''}"
               for e in s["classes"][:10]]  # fmt: skip
     lines.append(f"suspicious classes: {s['suspicious_classes'] or 'none'}; {s['n_flagged']} images flagged"
                  + (f" (TPR {s['tpr']:.4f}, TNR {s['tnr']:.4f} against the run's ground truth)" if "tpr" in s else "")
@@ -358,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tail-z", type=float, default=3.09,
                         help="mixture-tail: flag beyond this many clean standard deviations (3.09: 0.1%% of a "
                              "Gaussian clean class)")
+        sp.add_argument("--two-sided", action="store_true",
+                        help="hc, mixture rules: accept a poisoned mode whose heatmaps are the more diffuse ones too "
+                             "(default: only the more concentrated mode, as a trigger's relevance is)")
         sp.add_argument("--grid", type=int, default=32,
                         help="hc: heatmaps larger than GRID x GRID are summed onto that raster before their point "
                              "clouds (default 32: GTSRB's maps as they are)")
@@ -435,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--jobs", type=int, default=1, help="local executor: classes clustered at once in worker processes")
     sc.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
     sc.add_argument("--seed", type=_nonnegative_int, default=0)
+    sc.add_argument("--outlier-z", type=float, default=3.5,
+                    help="a class is suspicious only if its evidence is an outlier among the classes: modified "
+                         "z-score above this (default 3.5)")
     add_hc_options(sc)
     add_json(sc)
     from poisonsift.defences import HC_DEFAULT_RULE

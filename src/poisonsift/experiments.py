@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -455,8 +456,8 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
         diff = {k: ours[k] - v for k, v in (theirs or {}).items() if ours.get(k) is not None and v is not None}
         rows_out.append({
             "label": row.label, "ours": ours, "paper": theirs, "diff": diff,
-            "runs": [rr["dir"] for rr, _ in per_run],
-            "detections": {a: [dd[a]["path"] for _, dd in per_run] for a in table.detections_for(row)},
+            "runs": [_under_cache(rr["dir"]) for rr, _ in per_run],
+            "detections": {a: [_under_cache(dd[a]["path"]) for _, dd in per_run] for a in table.detections_for(row)},
             "seconds": {"train": [rr["train_seconds"] for rr, _ in per_run],
                         **{a: [dd[a]["seconds"] for _, dd in per_run] for a in table.detections_for(row)}},
             "per_class_asr": per_run[0][0]["metrics"].get("per_class_asr"),
@@ -467,6 +468,25 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
 
 
 # --------------------------------------------------------------------------- reproduce
+
+
+def _relative(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """``path`` relative to ``base`` (both made absolute first), POSIX separators."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def _under_cache(path: str | os.PathLike) -> str:
+    """A run or detection path relative to its cache root (the folder above ``runs/``)."""
+    parts = Path(path).resolve().parts
+    i = len(parts) - 1 - parts[::-1].index("runs")
+    return Path(*parts[i:]).as_posix()
+
+
+def resolve_result_path(results_dir: str | os.PathLike, res: dict, path: str) -> Path:
+    """A run / detection path from ``results.json`` (relative to the cache, or absolute in
+    results written before this) as a path on this machine."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(results_dir) / res["cache"] / p
 
 
 def _data_file(data: str | None, cache: Path):
@@ -558,8 +578,10 @@ def reproduce(
     res = {
         "preset": preset,
         "executor": ex.name,
-        "data": data_path,
-        "cache": str(cache),
+        # no absolute paths of this machine: the report can be published as it is. Run and
+        # detection paths are relative to the cache, the cache and the data relative to ``out``.
+        "data": _relative(data_path, out) if data_path else None,
+        "cache": _relative(cache, out),
         "tables": {ts.name: assemble(ts, run_results, det_results, fp, paper) for ts in specs},
         "computed": {
             "runs": sum(bool(r["computed"]) for r in run_results.values()),

@@ -9,12 +9,24 @@
    run by an executor (:mod:`poisonsift.executors`: in this process, in local worker processes,
    or as Ray tasks); units read the features from one ``.npy`` file by memory map, so a unit
    holds one class's features, not the whole set's;
-3. every class gets an ``evidence``: Ashman's separation D of the two-component Gaussian mixture
-   on its split statistic where BIC prefers two components, else 0 (one mode). Classes are
-   ordered by evidence; ``suspicious`` is the mixture decision (BIC, D >= 2, minority weight).
+3. every class gets an ``evidence`` (:func:`class_evidence`): the per-image log-likelihood ratio
+   of a two- against a one-component Gaussian mixture on its split statistic (BIC-penalised),
+   where the minority mode could be poison (big enough; for HC the more concentrated heatmaps),
+   else 0. Classes are ordered by evidence. A class is ``suspicious`` where its own mixture test
+   says so (BIC, Ashman's D >= 2, minority size, concentration) **and** its evidence is an outlier
+   among the classes (modified z-score > 3.5 against every class's plain two-mode ratio:
+   natural sub-structure differs from model to model, a backdoor stands out of it - the
+   cross-class MAD test Neural Cleanse uses for its trigger norms). Only suspicious classes keep
+   their flags.
+
+   Why not Ashman's D alone (the first version): on a real p = 33 % run the attacked class's
+   D was 6.1, but 9 clean classes also passed D >= 2 (small classes, diffuse minorities) and a
+   210-image class with a one-image minority had D = 11.4: the attacked class ranked second and
+   ten classes were called suspicious. The ratio ranks it first (1.0 nats per image; the next
+   class whose minority is the concentrated one: 0.09).
 
 Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
-``suspicious``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
+``suspicious``, ``outlier_z``, ``class_test``, ``llr``, ``separation``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
 ``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run), and
 where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
 ``cluster_labels`` for every training image; scores are comparable within a class only).
@@ -78,19 +90,47 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
     else:  # pragma: no cover - SCAN_METHODS guards this
         raise ConfigError(f"scan runs hc or ac, not {spec.method}")
     mt = res.analysis["mixture"]
-    one_mode = not (mt.get("bic2", np.inf) < mt.get("bic1", -np.inf))
-    evidence = 0.0 if one_mode else float(mt["separation"])
     return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
-            "suspicious": bool(res.suspicious), "evidence": evidence, "mixture": mt,
-            "seconds": time.perf_counter() - t}  # fmt: skip
+            "suspicious": bool(res.suspicious), "evidence": class_evidence(mt, spec, len(rows)), "llr": float(mt.get("llr", 0.0)),
+            "mixture": mt, "seconds": time.perf_counter() - t}  # fmt: skip
+
+
+def class_evidence(mt: dict[str, Any], spec: DetectSpec, n: int) -> float:
+    """A class's evidence of a poisoned group: the per-image log-likelihood ratio of two modes
+    against one (``llr``, BIC-penalised) where the minority mode could be poison - it holds at
+    least ``min_weight`` of the class and ``min_count`` images and, for HC with ``one_sided``,
+    has the more concentrated heatmaps - else 0."""
+    if "weights" not in mt:
+        return 0.0
+    w = mt["weights"][mt["minority"]]
+    d = spec.decision
+    big = w >= d.min_weight and w * n >= d.min_count
+    if spec.method == "hc" and spec.one_sided and not mt.get("concentrated", True):
+        return 0.0
+    return max(0.0, float(mt["llr"])) if big else 0.0
+
+
+def outlier_scores(evidence: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Modified z-scores (Iglewicz and Hoaglin) of each class's evidence against the classes'
+    baseline: (evidence - median) / (1.4826 MAD). The baseline is every class's plain ``llr``
+    (either side, any size): how much two-mode structure this model's heatmaps show anyway.
+    A MAD of 0 makes every evidence above the median an outlier. Returns (z, median, scaled MAD)."""
+    med = float(np.median(baseline))
+    mad = 1.4826 * float(np.median(np.abs(baseline - med)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (evidence - med) / mad if mad > 0 else np.where(evidence > med, np.inf, 0.0)
+    return np.asarray(z, dtype=float), med, mad
 
 
 def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: Any = "local", jobs: int = 1,
-             ray_address: str | None = None, device=None, min_size: int = 10) -> dict[str, Any]:  # fmt: skip
+             ray_address: str | None = None, device=None, min_size: int = 10, outlier_z: float = 3.5) -> dict[str, Any]:  # fmt: skip
     """Scan every class of ``run`` with ``spec`` (method ``hc`` or ``ac``); see the module docstring.
 
     ``executor``: ``local``, ``ray`` or an executor object (:mod:`poisonsift.executors`).
     ``min_size``: classes with fewer training images are listed with evidence 0 and not split.
+    ``outlier_z``: a class is suspicious where its own test says so *and* its evidence is an
+    outlier among the classes (:func:`outlier_scores` above this; 3.5 is Iglewicz and Hoaglin's
+    cut for modified z-scores); the images of other classes are not flagged.
     Returns the ``scan.json`` summary.
     """
     from poisonsift.metrics import detection_metrics
@@ -121,28 +161,34 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     t = time.perf_counter()
     results = ex.map(scan_class, tasks, desc=f"scan ({spec.method}, {len(big)} classes)")
     seconds["clustering"] = time.perf_counter() - t
+    z, med, mad = outlier_scores(np.array([r["evidence"] for r in results]), np.array([r["llr"] for r in results]))
     n = len(pd.y_train)
     scores = np.full(n, np.nan)
     flagged = np.zeros(n, dtype=bool)
     labels = np.full(n, -1)
     entries = []
-    for c, r in zip(big, results):
+    for c, r, zc in zip(big, results, z):
         rows = np.asarray(r["rows"])
-        scores[rows], flagged[rows], labels[rows] = r["scores"], r["is_poisoned"], r["cluster_labels"]
-        e = {"class": c, "n": int(len(rows)), "n_flagged": int(np.sum(r["is_poisoned"])), "evidence": r["evidence"],
-             "suspicious": r["suspicious"], "separation": r["mixture"].get("separation"),
-             "seconds": r["seconds"]}  # fmt: skip
+        sus = bool(r["suspicious"] and zc > outlier_z)
+        scores[rows], labels[rows] = r["scores"], r["cluster_labels"]
+        flagged[rows] = np.asarray(r["is_poisoned"]) & sus
+        e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), "evidence": r["evidence"],
+             "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
+             "separation": r["mixture"].get("separation"), "llr": r["llr"],
+             "concentrated": r["mixture"].get("concentrated"), "seconds": r["seconds"]}  # fmt: skip
         if pd.poison_mask.any():
             e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
         entries.append(e)
     for c in classes:
         if int(c) not in big:
             entries.append({"class": int(c), "n": int((pd.y_train == c).sum()), "n_flagged": 0, "evidence": 0.0,
-                            "suspicious": False, "skipped": f"fewer than {min_size} images"})  # fmt: skip
+                            "suspicious": False, "outlier_z": 0.0, "skipped": f"fewer than {min_size} images"})  # fmt: skip
     entries.sort(key=lambda e: -e["evidence"])
     summary: dict[str, Any] = {
         "method": spec.method,
         "rule": spec.rule,
+        "outlier_z": outlier_z,
+        "evidence_threshold": med + outlier_z * mad,  # where the outlier test starts, in evidence units
         "classes": entries,
         "suspicious_classes": [e["class"] for e in entries if e["suspicious"]],
         "n": n,

@@ -68,8 +68,11 @@ class ClusterRule:
 def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     """Fit one and two 1-D Gaussians to ``t`` (N,); the class test of the mixture rules.
 
-    Returns ``{"suspicious", "bic1", "bic2", "separation", "weights", "means", "stds",
-    "minority", "posterior"}`` with ``posterior`` (N,) the minority component's posterior.
+    Returns ``{"suspicious", "bic1", "bic2", "llr", "separation", "weights", "means", "stds",
+    "minority", "posterior"}`` with ``posterior`` (N,) the minority component's posterior and
+    ``llr`` = (BIC1 - BIC2) / 2N: the log-likelihood ratio of two modes against one per sample
+    (nats), less BIC's penalty for the extra parameters - a class's evidence that comparable
+    across classes of any size.
     """
     from sklearn.mixture import GaussianMixture
 
@@ -92,7 +95,7 @@ def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     out.update(
         suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and w[minority] >= rule.min_weight
                         and w[minority] * len(x) >= rule.min_count),
-        bic1=bic1, bic2=bic2, separation=sep, weights=w.tolist(),
+        bic1=bic1, bic2=bic2, llr=(bic1 - bic2) / (2 * len(x)), separation=sep, weights=w.tolist(),
         means=(m * scale + x.mean()).tolist(), stds=(s * scale).tolist(), minority=minority, posterior=post,
     )  # fmt: skip
     return out
@@ -134,6 +137,9 @@ def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: 
     post = mt.pop("posterior")
     analysis["mixture"] = mt
     n = len(t)
+    if "means" in mt:  # the k-means centre the minority mode lies towards (t > 0: nearer the smaller cluster)
+        toward_smaller = mt["means"][mt["minority"]] >= mt["means"][1 - mt["minority"]]
+        mt["minority_centre"] = smaller if toward_smaller else 1 - smaller
     if not mt["suspicious"]:
         flagged = np.zeros(n, dtype=bool)
     else:

@@ -34,7 +34,8 @@ class DetectSpec:
 
     ``rule`` None takes :func:`default_rule` of the method; ``decision`` holds the rule's
     parameters (:class:`~poisonsift.defences.decision.ClusterRule`, its ``rule`` and ``seed``
-    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples`` and ``grid`` are HC's.
+    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid`` and
+    ``one_sided`` are HC's.
     """
 
     method: str
@@ -49,6 +50,7 @@ class DetectSpec:
     lrp_rule: str = "paper"
     decision: ClusterRule = field(default_factory=ClusterRule)
     grid: int = 32
+    one_sided: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,7 +70,8 @@ class DetectSpec:
     def hc_config(self, cache_dir: str | None = None) -> HCConfig:
         return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
                         subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
-                        lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid)  # fmt: skip
+                        lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid,
+                        one_sided=self.one_sided)  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,7 +85,7 @@ class DetectSpec:
 
             fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
         else:
-            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid"):
+            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided"):
                 del fields[k]
         for k, default in (("lrp_precision", "float32"), ("grid", 32)):  # defaults keep the keys they had
             if fields.get(k) == default:

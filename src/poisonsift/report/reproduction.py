@@ -291,6 +291,12 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
         raise DataError(f"{rj}: not valid JSON ({exc})") from None
     import matplotlib
 
+    from poisonsift.experiments import resolve_result_path
+
+    for t in res["tables"].values():  # the runs and detections on this machine
+        for r in t["rows"]:
+            r["runs"] = [str(resolve_result_path(out, res, d)) for d in r["runs"]]
+            r["detections"] = {a: [str(resolve_result_path(out, res, d)) for d in ds] for a, ds in r.get("detections", {}).items()}
     matplotlib.use("Agg")
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +361,7 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
         md += ["## Poisoned training images", "", f"![poisoned examples]({rel(figs['examples'])})", ""]
     if figs.get("heatmaps"):
         cap = "LRP heatmaps (the paper's rule, HC's default; red positive relevance) and top-99 % point clouds (size = mass)"
-        h += ["<h2>Heatmaps and point clouds</h2>", f"<p class='note'>{cap}, run {html.escape(str(hc_run))}</p>",
+        h += ["<h2>Heatmaps and point clouds</h2>", f"<p class='note'>{cap}, run {html.escape(Path(hc_run).name)}</p>",
               f"<img src='{rel(figs['heatmaps'])}' alt='heatmaps'>"]  # fmt: skip
         md += ["## Heatmaps and point clouds", "", cap, "", f"![heatmaps]({rel(figs['heatmaps'])})", ""]
     trows = _timing_rows(res)

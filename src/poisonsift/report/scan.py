@@ -4,8 +4,8 @@
 :func:`poisonsift.scan.scan_run`) and writes ``RUN/scan-report.html`` and ``RUN/scan-report.md``
 with, in ``RUN/figures/``:
 
-* ``scan-evidence.png``: every class's evidence (Ashman's D of its two modes, 0 where one mode
-  fits better), highest first; suspicious classes red, the ``min_separation`` threshold dashed,
+* ``scan-evidence.png``: every class's evidence (:func:`poisonsift.scan.class_evidence`),
+  highest first; suspicious classes red, the cross-class outlier threshold dashed,
   and - where the run knows the truth - classes that hold poison hatched;
 * ``scan-flagged.png``: for the top classes (suspicious first), the flagged images with the
   highest scores, each above its LRP heatmap (the scan's cached heatmaps for HC; for AC the
@@ -54,14 +54,14 @@ def _fig_evidence(summary: dict[str, Any], figdir: Path) -> Path:
     for b, t in zip(bars, truth):
         if t:
             b.set_hatch("///")
-    thr = summary.get("config", {}).get("decision", {}).get("min_separation")
+    thr = summary.get("evidence_threshold")
     if thr is not None:
-        ax.axhline(thr, ls="--", c="k", lw=0.8, label=f"min separation {thr:g}")
+        ax.axhline(thr, ls="--", c="k", lw=0.8, label=f"outlier threshold (modified z {summary.get('outlier_z', 3.5):g})")
         ax.legend(fontsize=8)
     ax.set_xticks(np.arange(len(entries)))
     ax.set_xticklabels([str(e["class"]) for e in entries], fontsize=7, rotation=90)
     ax.set_xlabel("class (highest evidence first; red = suspicious" + (", hatched = holds poison)" if truth.any() else ")"))
-    ax.set_ylabel("evidence (Ashman's D)")
+    ax.set_ylabel("evidence (log-likelihood ratio / image)")
     path = figdir / "scan-evidence.png"
     savefig(fig, path)
     return path
@@ -157,7 +157,7 @@ def write_scan_report(run: str | Path, top: int = 3, per_class: int = 5, figures
     body = []
     for e in summary["classes"][:10]:
         name = pd.classes[e["class"]] if e["class"] < len(pd.classes) else ""
-        cells = [str(e["class"]), name, str(e["n"]), str(e["n_flagged"]), f"{e['evidence']:.2f}", "yes" if e["suspicious"] else ""]
+        cells = [str(e["class"]), name, str(e["n"]), str(e["n_flagged"]), f"{e['evidence']:.3f}", "yes" if e["suspicious"] else ""]
         body.append(cells + ([str(e.get("n_poisoned_true", 0))] if "tpr" in summary else []))
 
     def rel(p: Path) -> str:
@@ -169,7 +169,8 @@ def write_scan_report(run: str | Path, top: int = 3, per_class: int = 5, figures
          f"<p>{html.escape(meta)}</p>", "<h2>Classes by evidence</h2>"]  # fmt: skip
     md = [f"# {title}", "", meta, "", "## Classes by evidence", ""]
     if "evidence" in figs:
-        cap = "evidence per class: Ashman's D between the two modes of the split statistic (0: one mode fits better)"
+        cap = ("evidence per class: log-likelihood ratio per image of two modes against one on the split statistic, "
+               "where the minority could be poison (0 otherwise)")
         h.append(f"<figure><img src='{rel(figs['evidence'])}' alt='evidence per class'><figcaption class='note'>"
                  f"{html.escape(cap)}</figcaption></figure>")  # fmt: skip
         md += [f"![{cap}]({rel(figs['evidence'])})", ""]
