@@ -109,3 +109,52 @@ def test_scan_report_shows_classes_by_evidence_and_flagged_images(attacked_run, 
     assert json.loads(capsys.readouterr().out)["html"].endswith("scan-report.html")
     with pytest.raises(DataError, match="poisonsift scan"):
         write_scan_report(tmp_path)
+
+
+def test_outlier_scores_single_out_the_attacked_class():
+    from poisonsift.scan import outlier_scores
+
+    baseline = np.array([0.02, -0.01, 0.03, 0.0, 0.05, 0.01, 0.5, 0.04, -0.02])  # one class at 0.5 nats / image
+    evidence = np.where(np.arange(9) % 2 == 0, np.maximum(baseline, 0), 0.0)  # the others: minority not poison-like
+    z, med, mad = outlier_scores(evidence, baseline)
+    assert z[6] > 3.5 and (np.delete(z, 6) < 3.5).all() and med == 0.02 and mad > 0
+    z0, _, mad0 = outlier_scores(np.array([0.0, 0.0, 0.2]), np.zeros(3))
+    assert mad0 == 0 and z0.tolist() == [0.0, 0.0, np.inf]
+
+
+def _blobs(n: int, width: float, rng, peak: float = 0.0) -> np.ndarray:
+    """(n, 32, 32) heatmaps: a Gaussian blob of relevance of the given width at a random place,
+    plus (``peak`` > 0) a 2 x 2 spot holding that share of the relevance, as a trigger's."""
+    yy, xx = np.mgrid[:32, :32]
+    c = rng.uniform(10, 22, size=(n, 2))
+    w = width * rng.uniform(0.9, 1.1, size=n)
+    h = np.exp(-((yy - c[:, 0, None, None]) ** 2 + (xx - c[:, 1, None, None]) ** 2) / (2 * w[:, None, None] ** 2))
+    h /= h.sum((1, 2), keepdims=True)
+    if peak:
+        r, q = rng.integers(4, 26, size=(2, n))
+        for i in range(n):
+            h[i] *= 1 - peak
+            h[i, r[i] : r[i] + 2, q[i] : q[i] + 2] += peak / 4
+    return h
+
+
+@pytest.mark.parametrize("minority_width, peak, expect", [(4.0, 0.9, True), (4.0, -1, False)])
+def test_hc_calls_only_a_concentrated_minority_poison(minority_width, peak, expect):
+    """A trigger draws relevance onto a few pixels: a minority of concentrated heatmaps is suspicious,
+    a minority of diffuse ones (natural variation) is not, unless the test is two-sided."""
+    from poisonsift.defences import DetectSpec, build_defence
+
+    rng = np.random.default_rng(0)
+    # the minority: a trigger-like spot on top of the blob (concentrated mass), or (peak -1) a blob
+    # with a second, distant one (mass spread over the cloud: the diffuse side)
+    minority = _blobs(30, minority_width, rng, peak) if peak > 0 else (_blobs(30, 4.0, rng) + np.roll(_blobs(30, 4.0, rng), 14, axis=(1, 2)))
+    heat = np.concatenate([_blobs(170, 4.0, rng), minority]).astype(np.float32)
+    res = build_defence(DetectSpec("hc", view_samples=0)).cluster(heat)
+    mt = res.analysis["mixture"]
+    assert mt["separation"] >= 2 and mt["concentrated"] is expect and res.suspicious is expect
+    if expect:
+        assert res.is_poisoned[170:].mean() >= 0.9 and res.is_poisoned[:170].mean() <= 0.01
+    else:
+        assert not res.is_poisoned.any() and "diffuse" in mt["reason"]
+        two = build_defence(DetectSpec("hc", view_samples=0, one_sided=False)).cluster(heat)
+        assert two.suspicious and two.is_poisoned[170:].mean() >= 0.9
