@@ -53,7 +53,7 @@ def test_clean_removes_exactly_the_flagged_rows(attacked_run, tmp_path, capsys):
     assert rec["removed_poisoned"] == int(before.poison_mask[flagged].sum())
     assert rec["poisoned_left"] == int(after.poison_mask.sum())
     assert json.loads((out / "clean.json").read_text())["removed_rows"] == flagged.tolist()
-    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--from", "detection-hc"]) == 2
+    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--from", "detection-raw-ica"]) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
