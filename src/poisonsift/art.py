@@ -87,7 +87,7 @@ class HeatmapClusteringDefence(PoisonFilteringDefence):
             is_clean[rows[res.is_poisoned]] = 0
             mt = res.analysis.get("mixture", {})
             report[f"Class_{c}"] = {"n": len(rows), "n_flagged": int(res.is_poisoned.sum()), "suspicious": bool(res.suspicious),
-                                    "evidence": class_evidence(mt, self.spec, len(rows))}  # fmt: skip
+                                    "evidence": class_evidence(mt, self.spec)}  # fmt: skip
         self.report = report
         self.is_clean_lst = is_clean.tolist()
         return report, self.is_clean_lst

@@ -282,8 +282,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
                      f"{sc['suspicious_classes'] or 'none'}, {sc['n_flagged']} images flagged (TPR {sc['tpr']:.4f}, "
                      f"TNR {sc['tnr']:.4f}); report {report['html']}")  # fmt: skip
         say(f"[7/7] clean: remove the {sc['n_flagged']} flagged images, retrain ({args.epochs} epochs)")
-        rec = clean_run(out, out.with_name(out.name + "-clean"), "scan")
-        r = retrain_cleaned(out, out.with_name(out.name + "-clean"))
+        cleaned = out.with_name(out.name + "-clean")
+        rec = clean_run(out, cleaned, "scan")
+        r = retrain_cleaned(out, cleaned)
         lines.append(_retrain_line(r))
         obj["scan"] = {k: sc[k] for k in ("suspicious_classes", "n_flagged", "tpr", "tnr", "seconds")}
         obj["scan"]["top_class"] = top["class"]

@@ -91,23 +91,20 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"scan runs hc or ac, not {spec.method}")
     mt = res.analysis["mixture"]
     return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
-            "suspicious": bool(res.suspicious), "evidence": class_evidence(mt, spec, len(rows)), "llr": float(mt.get("llr", 0.0)),
+            "suspicious": bool(res.suspicious), "evidence": class_evidence(mt, spec), "llr": float(mt.get("llr", 0.0)),
             "mixture": mt, "seconds": time.perf_counter() - t}  # fmt: skip
 
 
-def class_evidence(mt: dict[str, Any], spec: DetectSpec, n: int) -> float:
+def class_evidence(mt: dict[str, Any], spec: DetectSpec) -> float:
     """A class's evidence of a poisoned group: the per-image log-likelihood ratio of two modes
     against one (``llr``, BIC-penalised) where the minority mode could be poison - it holds at
     least ``min_weight`` of the class and ``min_count`` images and, for HC with ``one_sided``,
     has the more concentrated heatmaps - else 0."""
     if "weights" not in mt:
         return 0.0
-    w = mt["weights"][mt["minority"]]
-    d = spec.decision
-    big = w >= d.min_weight and w * n >= d.min_count
     if spec.method == "hc" and spec.one_sided and not mt.get("concentrated", True):
         return 0.0
-    return max(0.0, float(mt["llr"])) if big else 0.0
+    return max(0.0, float(mt["llr"])) if mt["minority_big"] else 0.0
 
 
 def outlier_scores(evidence: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -68,7 +68,7 @@ class ClusterRule:
 def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     """Fit one and two 1-D Gaussians to ``t`` (N,); the class test of the mixture rules.
 
-    Returns ``{"suspicious", "bic1", "bic2", "llr", "separation", "weights", "means", "stds",
+    Returns ``{"suspicious", "bic1", "bic2", "llr", "separation", "weights", "means", "stds", "minority_big",
     "minority", "posterior"}`` with ``posterior`` (N,) the minority component's posterior and
     ``llr`` = (BIC1 - BIC2) / 2N: the log-likelihood ratio of two modes against one per sample
     (nats), less BIC's penalty for the extra parameters - a class's evidence that comparable
@@ -92,9 +92,9 @@ def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     sep = float(abs(m[0] - m[1]) / np.sqrt((s[0] ** 2 + s[1] ** 2) / 2))
     bic1, bic2 = float(g1.bic(z)), float(g2.bic(z))
     post = g2.predict_proba(z)[:, minority]
+    big = bool(w[minority] >= rule.min_weight and w[minority] * len(x) >= rule.min_count)
     out.update(
-        suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and w[minority] >= rule.min_weight
-                        and w[minority] * len(x) >= rule.min_count),
+        suspicious=bool(bic2 < bic1 and sep >= rule.min_separation and big), minority_big=big,
         bic1=bic1, bic2=bic2, llr=(bic1 - bic2) / (2 * len(x)), separation=sep, weights=w.tolist(),
         means=(m * scale + x.mean()).tolist(), stds=(s * scale).tolist(), minority=minority, posterior=post,
     )  # fmt: skip
