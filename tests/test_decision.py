@@ -65,3 +65,17 @@ def test_rule_validation():
         ClusterRule("largest")
     with pytest.raises(ConfigError):
         ClusterRule("mixture", min_weight=0.7)
+
+
+@pytest.mark.parametrize("rule", ["mixture", "mixture-tail"])
+def test_poison_centre_makes_the_class_test_one_sided(rule):
+    t, truth = _two_modes()
+    dist = _dist_from_stat(t)  # the minority mode lies towards centre 1
+    toward = result_from_distances(dist, ClusterRule(rule), poison_centre=1)
+    assert toward.suspicious and toward.is_poisoned[truth].mean() == 1.0
+    away = result_from_distances(dist, ClusterRule(rule), poison_centre=0)
+    mt = away.analysis["mixture"]
+    assert not away.suspicious and not away.is_poisoned.any() and away.poisoned_clusters == []
+    assert mt["minority_centre"] == 1 and not mt["suspicious"] and "one-sided" in mt["reason"]
+    # the paper's rule takes the smaller cluster whatever the side
+    assert result_from_distances(dist, ClusterRule("smaller"), poison_centre=0).is_poisoned[truth].all()

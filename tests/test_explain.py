@@ -22,6 +22,35 @@ def test_activations_batched_equals_whole(tiny_data):
     assert a.shape == (20, 128) and np.allclose(a, b, atol=1e-5)
 
 
+def test_activations_cache_file_is_memory_mapped_and_keyed(tiny_data, tmp_path):
+    from poisonsift.explain import activations_cache_file
+
+    m = SmallInception(num_classes=6).eval()
+    x, y = tiny_data.x_train[:20], tiny_data.y_train[:20]
+    path = activations_cache_file(m, x, y, "pool1", None, tmp_path)  # a wide layer: 256 x 16 x 16
+    cached = np.load(path, mmap_mode="r")
+    assert cached.shape == (20, 256 * 16 * 16) and np.allclose(cached, activations(m, x, "pool1"), atol=1e-5)
+    assert activations_cache_file(m, x, y, "pool1", None, tmp_path) == path  # found, not recomputed
+    assert activations_cache_file(m, x, y, None, None, tmp_path).name.endswith("-relu_fc2.npy")
+    with pytest.raises(ConfigError, match="valid layer names"):
+        activations_cache_file(m, x, y, "fc9", None, tmp_path)
+
+
+def test_relevance_concentration_is_minus_the_log_effective_pixel_count():
+    from poisonsift.explain import relevance_concentration
+
+    one = np.zeros((8, 8)); one[3, 4] = 5.0
+    spot = np.zeros((8, 8)); spot[2:4, 2:4] = 1.0
+    wide = np.random.default_rng(0).uniform(0.5, 1.0, (8, 8))
+    c = relevance_concentration(np.stack([one, spot, wide, np.zeros((8, 8)), np.full((8, 8), -3.0)]))
+    assert c[0] == 0.0 and np.isclose(c[1], -np.log(4))  # one pixel; four equal pixels
+    assert -np.log(64) < c[2] < c[1] and np.allclose(c[3:], -np.log(64))  # constant maps: uniform
+    assert np.isclose(relevance_concentration((one - 2)[None])[0], 0.0)  # made >= 0 as the clouds are
+    bad = np.zeros((2, 4, 4)); bad[1, 0, 0] = np.nan
+    with pytest.raises(DataError, match="heatmap 1 has non-finite"):
+        relevance_concentration(bad)
+
+
 def _bias_free_net():
     torch.manual_seed(0)
     return nn.Sequential(

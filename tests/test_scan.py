@@ -1,5 +1,6 @@
 """scan (every class, no class given) and clean (remove what was flagged) on a small synthetic run."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -138,23 +139,43 @@ def _blobs(n: int, width: float, rng, peak: float = 0.0) -> np.ndarray:
     return h
 
 
+@pytest.mark.parametrize("sample_score", ["concentration", "gw"])
 @pytest.mark.parametrize("minority_width, peak, expect", [(4.0, 0.9, True), (4.0, -1, False)])
-def test_hc_calls_only_a_concentrated_minority_poison(minority_width, peak, expect):
+def test_hc_calls_only_a_concentrated_minority_poison(minority_width, peak, expect, sample_score):
     """A trigger draws relevance onto a few pixels: a minority of concentrated heatmaps is suspicious,
-    a minority of diffuse ones (natural variation) is not, unless the test is two-sided."""
+    a minority of diffuse ones (natural variation) is not, unless the test is two-sided; the flags
+    are read from the concentration or the GW split as asked."""
     from poisonsift.defences import DetectSpec, build_defence
+    from poisonsift.explain import pool_heatmaps, relevance_concentration
 
     rng = np.random.default_rng(0)
     # the minority: a trigger-like spot on top of the blob (concentrated mass), or (peak -1) a blob
     # with a second, distant one (mass spread over the cloud: the diffuse side)
     minority = _blobs(30, minority_width, rng, peak) if peak > 0 else (_blobs(30, 4.0, rng) + np.roll(_blobs(30, 4.0, rng), 14, axis=(1, 2)))
     heat = np.concatenate([_blobs(170, 4.0, rng), minority]).astype(np.float32)
-    res = build_defence(DetectSpec("hc", view_samples=0)).cluster(heat)
+    spec = DetectSpec("hc", view_samples=0, grid=16, sample_score=sample_score)  # 16 x 16: 4x fewer points
+    res = build_defence(spec).cluster(heat)
     mt = res.analysis["mixture"]
     assert mt["separation"] >= 2 and mt["concentrated"] is expect and res.suspicious is expect
+    conc = relevance_concentration(pool_heatmaps(heat, 16))
+    assert np.array_equal(res.scores, conc) is (sample_score == "concentration")
     if expect:
         assert res.is_poisoned[170:].mean() >= 0.9 and res.is_poisoned[:170].mean() <= 0.01
+        assert res.cluster_sizes == np.bincount(res.cluster_labels, minlength=2).tolist()
     else:
-        assert not res.is_poisoned.any() and "diffuse" in mt["reason"]
-        two = build_defence(DetectSpec("hc", view_samples=0, one_sided=False)).cluster(heat)
+        assert not res.is_poisoned.any() and "one-sided" in mt["reason"]
+        two = build_defence(dataclasses.replace(spec, one_sided=False)).cluster(heat)
         assert two.suspicious and two.is_poisoned[170:].mean() >= 0.9
+
+
+def test_sample_score_follows_the_rule_and_keys_the_detection():
+    from poisonsift.defences import DetectSpec
+
+    assert DetectSpec("hc").sample_score == "concentration" and DetectSpec("hc", rule="smaller").sample_score == "gw"
+    assert DetectSpec("ac").sample_score is None
+    assert DetectSpec("hc").key() != DetectSpec("hc", sample_score="gw").key()
+    assert DetectSpec("ac").key() == DetectSpec("ac", sample_score="gw").key()  # not AC's option
+    with pytest.raises(ConfigError, match="flags whole GW clusters"):
+        DetectSpec("hc", rule="smaller", sample_score="concentration")
+    with pytest.raises(ConfigError, match="unknown sample score"):
+        DetectSpec("hc", sample_score="entropy")

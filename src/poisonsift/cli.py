@@ -172,7 +172,7 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   seed=args.seed, warm_start=getattr(args, "warm_start", True),
                   view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
                   lrp_rule=args.lrp_rule, decision=decision, grid=args.grid,
-                  one_sided=not args.two_sided)  # fmt: skip
+                  one_sided=not args.two_sided, sample_score=getattr(args, "sample_score", None))  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_hc_options(sp):
         """The HC options shared by detect and demo: LRP rule and precision, the decision rule."""
-        from poisonsift.defences import HC_DEFAULT_RULE, RULES
+        from poisonsift.defences import HC_DEFAULT_RULE, RULES, SAMPLE_SCORES
         from poisonsift.explain import LRP_PRECISIONS, LRP_RULES
 
         sp.add_argument("--lrp-rule", default="paper", choices=LRP_RULES,
@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--grid", type=int, default=32,
                         help="hc: heatmaps larger than GRID x GRID are summed onto that raster before their point "
                              "clouds (default 32: GTSRB's maps as they are)")
+        sp.add_argument("--sample-score", default=None, choices=SAMPLE_SCORES,
+                        help="hc: which images of a suspicious class are flagged, read from each heatmap's relevance "
+                             "concentration (default under the mixture rules) or from its GW distances to the two "
+                             "barycentres (gw: the paper's; the default under smaller, relative-size, silhouette)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")

@@ -45,7 +45,7 @@ import numpy as np
 from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.executors import make_executor, unit
-from poisonsift.utils import atomic_write_json, atomic_write_npy, atomic_write_npz
+from poisonsift.utils import atomic_write_json, atomic_write_npz
 
 __all__ = ["scan_run", "SCAN_METHODS", "scan_class"]
 
@@ -54,8 +54,7 @@ SCAN_METHODS = ("hc", "ac")
 
 def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
     """All training images' heatmaps (HC) or activations (AC) in one ``.npy`` under ``run/cache``."""
-    from poisonsift.explain import _fingerprint, activations, lrp_cache_file
-    from poisonsift.models import default_hidden_layer
+    from poisonsift.explain import activations_cache_file, lrp_cache_file
     from poisonsift.training import load_checkpoint
 
     model, norm = load_checkpoint(run / "model.pt", device)
@@ -63,11 +62,7 @@ def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
     if spec.method == "hc":
         return lrp_cache_file(model, pd.x_train, pd.y_train, norm, cache, precision=spec.lrp_precision,
                               rule=spec.lrp_rule, desc="LRP (all classes)")  # fmt: skip
-    layer = spec.layer or default_hidden_layer(model)
-    path = cache / f"activations-{_fingerprint(model, pd.x_train, pd.y_train, norm)}-{layer}.npy"
-    if not path.is_file():
-        atomic_write_npy(path, activations(model, pd.x_train, layer, norm, desc="activations (all classes)"))
-    return path
+    return activations_cache_file(model, pd.x_train, pd.y_train, spec.layer, norm, cache, desc="activations (all classes)")
 
 
 @unit

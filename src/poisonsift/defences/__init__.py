@@ -17,7 +17,7 @@ from poisonsift.defences.activation import ACConfig, ActivationClustering
 from poisonsift.defences.base import DetectionResult, result_from_distances
 from poisonsift.defences.decision import MIXTURE_RULES, RULES, ClusterRule, decide_split, mixture_test
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
-from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, SAMPLE_SCORES, HCConfig, HeatmapClustering
 from poisonsift.defences.ranking import rank_classes
 from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spec import METHODS, DetectSpec, build_defence, default_rule
@@ -40,6 +40,7 @@ __all__ = [
     "HeatmapClustering",
     "HCConfig",
     "HC_DEFAULT_RULE",
+    "SAMPLE_SCORES",
     "GatedHeatmapClustering",
     "GateConfig",
     "DetectSpec",

@@ -101,8 +101,13 @@ def mixture_test(t: np.ndarray, rule: ClusterRule) -> dict[str, Any]:
     return out
 
 
-def decide_split(dist: np.ndarray, rule: ClusterRule, silhouette: float | None = None):
+def decide_split(dist: np.ndarray, rule: ClusterRule, silhouette: float | None = None,
+                 poison_centre: int | None = None):  # fmt: skip
     """Turn (N, 2) squared distances to two centres into a decision.
+
+    ``poison_centre`` makes the mixture rules' class test one-sided: the class is suspicious only
+    if its minority mode lies towards that centre (HC: the centre whose heatmaps are the more
+    concentrated, as a trigger's are). None: either side. The other rules ignore it.
 
     Returns ``(cluster_labels, scores, is_poisoned, poisoned_clusters, suspicious, analysis)``:
     labels are the nearest centres (for the mixture rules: the decided groups, the poisoned
@@ -128,11 +133,12 @@ def decide_split(dist: np.ndarray, rule: ClusterRule, silhouette: float | None =
     else:
         if k != 2:
             raise ConfigError(f"the {rule.rule} rule needs a two-way split, got {k} clusters")
-        return _mixture_decision(scores, smaller, rule, analysis)
+        return _mixture_decision(scores, smaller, rule, analysis, poison_centre)
     return labels, scores, np.isin(labels, poisoned), poisoned, bool(poisoned), analysis
 
 
-def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: dict[str, Any]):
+def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: dict[str, Any],
+                      poison_centre: int | None = None):  # fmt: skip
     mt = mixture_test(t, rule)
     post = mt.pop("posterior")
     analysis["mixture"] = mt
@@ -140,6 +146,9 @@ def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: 
     if "means" in mt:  # the k-means centre the minority mode lies towards (t > 0: nearer the smaller cluster)
         toward_smaller = mt["means"][mt["minority"]] >= mt["means"][1 - mt["minority"]]
         mt["minority_centre"] = smaller if toward_smaller else 1 - smaller
+        if poison_centre is not None and mt["minority_centre"] != poison_centre and mt["suspicious"]:
+            mt["suspicious"] = False
+            mt["reason"] = "one-sided test: the minority mode lies towards the centre the poison cannot be nearer"
     if not mt["suspicious"]:
         flagged = np.zeros(n, dtype=bool)
     else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from poisonsift.defences.activation import ACConfig, ActivationClustering
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
-from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, default_sample_score
 from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 from poisonsift.errors import ConfigError
@@ -34,8 +34,9 @@ class DetectSpec:
 
     ``rule`` None takes :func:`default_rule` of the method; ``decision`` holds the rule's
     parameters (:class:`~poisonsift.defences.decision.ClusterRule`, its ``rule`` and ``seed``
-    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid`` and
-    ``one_sided`` are HC's.
+    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid``,
+    ``one_sided`` and ``sample_score`` (None: ``concentration`` under the mixture rules, ``gw``
+    under the others; see :mod:`poisonsift.defences.heatmap`) are HC's.
     """
 
     method: str
@@ -51,6 +52,7 @@ class DetectSpec:
     decision: ClusterRule = field(default_factory=ClusterRule)
     grid: int = 32
     one_sided: bool = True
+    sample_score: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,13 +67,15 @@ class DetectSpec:
             self.rule = default_rule(self.method)
         self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
         if self.method in _HC_METHODS:
-            self.hc_config()  # validates the LRP rule and precision
+            if self.sample_score is None:
+                self.sample_score = default_sample_score(self.rule)
+            self.hc_config()  # validates the LRP rule and precision, the sample score
 
     def hc_config(self, cache_dir: str | None = None) -> HCConfig:
         return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
                         subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
                         lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid,
-                        one_sided=self.one_sided)  # fmt: skip
+                        one_sided=self.one_sided, sample_score=self.sample_score)  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,9 +89,9 @@ class DetectSpec:
 
             fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
         else:
-            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided"):
+            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score"):
                 del fields[k]
-        for k, default in (("lrp_precision", "float32"), ("grid", 32)):  # defaults keep the keys they had
+        for k, default in (("lrp_precision", "float32"), ("grid", 32), ("sample_score", "gw")):  # keys as before
             if fields.get(k) == default:
                 del fields[k]
         return config_hash({"version": 2, **fields})

@@ -42,10 +42,12 @@ __all__ = [
     "check_lrp_rule",
     "resolve_layer",
     "activations",
+    "activations_cache_file",
     "lrp_heatmaps",
     "cached_lrp_heatmaps",
     "PointCloud",
     "point_cloud",
+    "relevance_concentration",
     "point_clouds",
     "pool_heatmaps",
 ]
@@ -68,8 +70,12 @@ def activations(
     normalizer: Normalizer | None = None,
     batch_size: int | None = None,
     desc: str = "activations",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Flattened outputs of the named layer, (N, D) float32, computed in batches.
+
+    ``out``: an (N, D) float32 array to fill and return (e.g. a memory map: the activations of a
+    wide layer over a whole training set need not fit in memory); None allocates one.
 
     ``layer`` None: :func:`poisonsift.models.default_hidden_layer` (``relu_fc2`` on SmallInception,
     ``avgpool`` on ResNets). A module called more than once per forward pass (a shared ReLU)
@@ -90,17 +96,49 @@ def activations(
     batches = model_inputs(model, images, normalizer, batch_size)  # probes the batch size before the hook
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach().flatten(1).float().cpu()))
-    feats = []
     try:
         with progress(total=len(images), desc=desc, unit="img") as bar:
-            for _, x in batches:
+            for s, x in batches:
                 captured.clear()
                 model(x)
-                feats.append(captured[-1])
+                feat = captured[-1].numpy()
+                if out is None:
+                    out = np.empty((len(images), feat.shape[1]), dtype=np.float32)
+                elif out.shape != (len(images), feat.shape[1]):
+                    raise DataError(f"out has shape {tuple(out.shape)}, the activations {(len(images), feat.shape[1])}")
+                out[s : s + len(x)] = feat
                 bar.update(len(x))
     finally:
         handle.remove()
-    return torch.cat(feats).numpy()
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def activations_cache_file(model: nn.Module, images: np.ndarray, labels: np.ndarray, layer: str | None,
+                           normalizer: Normalizer | None, cache_dir, desc: str = "activations") -> Path:  # fmt: skip
+    """The ``.npy`` of :func:`activations` of ``layer`` in ``cache_dir``, computed first where it is
+    missing, batch by batch into a memory map (one batch in memory, whatever the layer's width).
+
+    The key covers the model's weights, the images, the labels, the normaliser and the layer.
+    """
+    from poisonsift.models import default_hidden_layer
+    from poisonsift.utils import atomic_npy_memmap
+
+    layer = layer or default_hidden_layer(model)
+    module = resolve_layer(model, layer)
+    path = Path(cache_dir) / f"activations-{_fingerprint(model, images, labels, normalizer)}-{layer}.npy"
+    if path.is_file():
+        return path
+    width = []  # one image's forward pass: the layer's width, so the memory map can be made first
+    handle = module.register_forward_hook(lambda m, i, o: width.append(o[0].numel()))
+    try:
+        with torch.inference_mode():
+            model.eval()
+            model(next(iter(model_inputs(model, images[:1], normalizer, 1)))[1])
+    finally:
+        handle.remove()
+    with atomic_npy_memmap(path, (len(images), width[-1])) as out:
+        activations(model, images, layer, normalizer, desc=desc, out=out)
+    return path
 
 
 #: LRP rules: ``paper`` (the paper's code: epsilon rule with exponent 2, BatchNorm passed; see
@@ -619,6 +657,31 @@ def point_clouds(heatmaps: np.ndarray, mass: float = 0.99, fallback: str = "unif
             i, reason = e.args
             raise DataError(f"heatmap {s + i} {reason}") from None
     return out
+
+
+def relevance_concentration(heatmaps: np.ndarray) -> np.ndarray:
+    """How few pixels hold each heatmap's relevance: sum_i p_i log p_i (nats), (N,) float64.
+
+    ``p`` is the heatmap made >= 0 as the point clouds make it (minus its minimum) and normalised
+    to sum 1; the value is minus its entropy, i.e. ``-log`` of the effective number of relevant
+    pixels: 0 when one pixel holds everything, ``-log(H W)`` for a uniform (or constant) map.
+    A trigger draws a backdoored model's relevance onto its few pixels, so poisoned heatmaps
+    score high (measured on real GTSRB, class 5 of the standard attack: effective 38 pixels
+    poisoned against 432 clean at p = 33 %; no clean image above the least concentrated
+    poisoned one at p = 10 %).
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3:
+        raise DataError(f"heatmaps must be 3-D (N, H, W), got shape {h.shape}")
+    flat = h.reshape(len(h), -1)
+    if not np.isfinite(flat).all():
+        bad = int(np.flatnonzero(~np.isfinite(flat).all(1))[0])
+        raise DataError(f"heatmap {bad} has non-finite values (NaN or inf); recompute it")
+    flat = flat - flat.min(1, keepdims=True)
+    total = flat.sum(1, keepdims=True)
+    p = np.where(total > 0, flat / np.where(total > 0, total, 1.0), 1.0 / flat.shape[1])  # constant map: uniform
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(p), 0.0).sum(1)
 
 
 class _BadHeatmap(Exception):
