@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from poisonsift.defences.activation import ACConfig, ActivationClustering
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
-from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, default_sample_score
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering
 from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 from poisonsift.errors import ConfigError
@@ -67,9 +67,7 @@ class DetectSpec:
             self.rule = default_rule(self.method)
         self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
         if self.method in _HC_METHODS:
-            if self.sample_score is None:
-                self.sample_score = default_sample_score(self.rule)
-            self.hc_config()  # validates the LRP rule and precision, the sample score
+            self.sample_score = self.hc_config().sample_score  # validates; None -> the rule's default
 
     def hc_config(self, cache_dir: str | None = None) -> HCConfig:
         return HCConfig(gw=GWKMeansConfig(seed=self.seed, warm_start=self.warm_start), engine=self.engine,
