@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from poisonsift.defences import HCConfig, HeatmapClustering
-from poisonsift.explain import cached_lrp_heatmaps, native_bfloat16
+from poisonsift.explain import cached_lrp_heatmaps
+from poisonsift.utils import native_bfloat16
 from poisonsift.metrics import detection_metrics
 from poisonsift.runs import load_poisoned, read_json
 from poisonsift.training import load_checkpoint

@@ -143,7 +143,7 @@ def test_point_cloud_degenerate():
 
 
 def test_cloud_scale_is_largest_pairwise_distance():
-    from poisonsift.explain import _row_end_diameter
+    from poisonsift.explain.clouds import _row_end_diameter
 
     rng = np.random.default_rng(0)
     masks = rng.random((300, 32, 32)) < rng.random((300, 1, 1)) ** 3  # from near-empty to full
@@ -220,7 +220,7 @@ def test_positive_gamma_equals_zennit_gamma(tiny_data):
     """The fast path (positive Gamma where inputs are >= 0, BatchNorm folded) gives zennit's EpsilonGammaBox heatmaps."""
     import copy
 
-    from poisonsift.explain import _composite, _FoldBatchNorm
+    from poisonsift.explain.epsilon_gamma_box import _composite, _FoldBatchNorm
 
     model = _randomised_bn_model()
     norm = Normalizer.fit(tiny_data.x_train)
@@ -303,7 +303,7 @@ def test_relu_pass_is_dropped_only_where_it_changes_nothing():
     the composite leaves it out; a BatchNorm after a ReLU breaks that, and Pass stays."""
     from zennit.rules import Pass
 
-    from poisonsift.explain import _composite
+    from poisonsift.explain.epsilon_gamma_box import _composite
 
     def relu_hooks(model):
         comp, ctx = _composite(None, "cpu", model), {}
@@ -319,7 +319,7 @@ def test_relu_pass_is_dropped_only_where_it_changes_nothing():
 
 
 def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch, tiny_data):
-    import poisonsift.explain as ex
+    import poisonsift.explain.lrp as ex
 
     monkeypatch.setattr(ex, "native_bfloat16", lambda device: False)
     model, norm = _randomised_bn_model(), Normalizer.fit(tiny_data.x_train)
@@ -342,8 +342,8 @@ def test_positive_gamma_refuses_negative_inputs():
 
 
 def _count_input_grads(monkeypatch) -> list:
-    """The convolutions whose transposed product (``explain._input_grad``) runs, one entry per call."""
-    import poisonsift.explain as ex
+    """The convolutions whose transposed product (``_input_grad``) runs, one entry per call."""
+    import poisonsift.explain.epsilon_gamma_box as ex
 
     calls, real = [], ex._input_grad
     monkeypatch.setattr(ex, "_input_grad", lambda conv, *a: calls.append(conv) or real(conv, *a))
@@ -383,9 +383,10 @@ def test_small_inception_lrp_takes_one_transposed_convolution_per_relu_layer(mon
     """Every convolution of SmallInception with a non-negative input is followed by its ReLU,
     so each costs one transposed convolution; the three that read the (signed) image cost two."""
     import poisonsift.explain as ex
+    from poisonsift.explain.epsilon_gamma_box import _composite
 
     model, norm = _randomised_bn_model(), Normalizer.fit(tiny_data.x_train)
-    composite = ex._composite(norm, "cpu", model)  # its probes run LRP too: build it first
+    composite = _composite(norm, "cpu", model)  # its probes run LRP too: build it first
     calls = _count_input_grads(monkeypatch)
     ex.lrp_heatmaps(model, tiny_data.x_train[:3], tiny_data.y_train[:3] % 6, norm, composite=composite)
     nonneg = ex.nonnegative_input_convs(model, "cpu")

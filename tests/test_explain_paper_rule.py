@@ -7,7 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from poisonsift.errors import ConfigError
-from poisonsift.explain import _fingerprint, cached_lrp_heatmaps, lrp_heatmaps
+from poisonsift.explain import cached_lrp_heatmaps, lrp_heatmaps
+from poisonsift.explain.lrp import _fingerprint
 from poisonsift.explain.paper_rule import paper_composite, safe_inverse
 from poisonsift.models import SmallInception
 from poisonsift.training import Normalizer

@@ -175,7 +175,7 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
     if not sub.suspicious:
         return
     if res.suspicious:
-        poisoned = sub.poisoned_clusters[0] if sub.poisoned_clusters else 0
+        poisoned = sub.poisoned_clusters[0]  # a suspicious GW split always names its poisoned cluster
         sub.is_poisoned = res.is_poisoned
         sub.cluster_labels = np.where(res.is_poisoned, poisoned, 1 - poisoned)
         sub.cluster_sizes = np.bincount(sub.cluster_labels, minlength=len(sub.cluster_sizes)).tolist()
