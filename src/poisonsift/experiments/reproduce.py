@@ -1,0 +1,202 @@
+"""Reproduce tables: plan the units, execute them, assemble each table beside the paper's values."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from poisonsift.defences.spec import DetectSpec
+from poisonsift.executors import make_executor
+from poisonsift.experiments.specs import TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
+from poisonsift.experiments.units import execute_detection, execute_run, execute_surrogate
+from poisonsift.utils import atomic_write_json, cache_dir, config_hash
+
+
+def _value(col: Column, row: Row, run_res: dict, dets: dict[str, dict]) -> float | None:
+    if col.source == "metrics":
+        v = run_res["metrics"].get(col.field)
+    elif col.source == "train":
+        v = run_res.get(col.field)
+    else:
+        alias = row.detection if col.source == "@row" else col.source
+        v = dets[alias].get(col.field) if alias in dets else None
+    if v is None:
+        return None
+    return float(v) * (100.0 if col.percent else 1.0)
+
+
+def _paper_row(paper: dict[str, Any], table: TableSpec, row: Row) -> dict[str, Any] | None:
+    for r in paper.get(table.name, {}).get("rows", []):
+        if all(r.get(k) == v for k, v in row.label.items()):
+            return r
+    return None
+
+
+def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[tuple[str, str], dict],
+             fingerprint: str, paper: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One table's results: per row ``ours``, ``paper`` and ``diff`` (ours - paper), in percent."""
+    rows_out = []
+    for row in table.rows:
+        per_run = []
+        for rs in row.runs:
+            key = rs.key(fingerprint)
+            dets = {a: det_results[(key, d.key())] for a, d in table.detections_for(row).items()}
+            per_run.append((run_results[key], dets))
+        ours: dict[str, float | None] = {}
+        for col in table.columns:
+            vals = [_value(col, row, rr, dd) for rr, dd in per_run]
+            if len(per_run) == 1:
+                ours[col.name] = vals[0]
+            else:
+                ok = [v for v in vals if v is not None]
+                ours[f"{col.name} mean"] = float(np.mean(ok)) if ok else None
+                ours[f"{col.name} var"] = float(np.var(ok, ddof=1)) if len(ok) > 1 else None
+        paper_row = _paper_row(paper, table, row)
+        theirs = {k: v for k, v in paper_row.items() if k in ours} if paper_row else None
+        diff = {k: ours[k] - v for k, v in (theirs or {}).items() if ours.get(k) is not None and v is not None}
+        rows_out.append({
+            "label": row.label, "ours": ours, "paper": theirs, "diff": diff,
+            "runs": [_under_cache(rr["dir"]) for rr, _ in per_run],
+            "detections": {a: [_under_cache(dd[a]["path"]) for _, dd in per_run] for a in table.detections_for(row)},
+            "seconds": {"train": [rr["train_seconds"] for rr, _ in per_run],
+                        **{a: [dd[a]["seconds"] for _, dd in per_run] for a in table.detections_for(row)}},
+            "per_class_asr": per_run[0][0]["metrics"].get("per_class_asr"),
+        })  # fmt: skip
+    cols = list(rows_out[0]["ours"])
+    return {"name": table.name, "title": table.title, "key": table.key, "columns": cols,
+            "note": paper.get(table.name, {}).get("note"), "rows": rows_out}  # fmt: skip
+
+
+
+def _relative(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """``path`` relative to ``base`` (both made absolute first), POSIX separators."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def _under_cache(path: str | os.PathLike) -> str:
+    """A run or detection path relative to its cache root (the folder above ``runs/``)."""
+    parts = Path(path).resolve().parts
+    i = len(parts) - 1 - parts[::-1].index("runs")
+    return Path(*parts[i:]).as_posix()
+
+
+def resolve_result_path(results_dir: str | os.PathLike, res: dict, path: str) -> Path:
+    """A run / detection path from ``results.json`` (relative to the cache, or absolute in
+    results written before this) as a path on this machine."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(results_dir) / res["cache"] / p
+
+
+def _data_file(data: str | None, cache: Path):
+    """A ``.npz`` path every worker can read, and the data's fingerprint."""
+    from poisonsift.data import resolve_data, save_npz
+
+    d = resolve_data(data)
+    fp = d.fingerprint()
+    if data is not None and Path(data).suffix == ".npz":
+        return str(Path(data).resolve()), fp
+    path = cache / "data" / f"{fp}.npz"
+    if not path.exists():
+        save_npz(d, path)
+    return str(path), fp
+
+
+def reproduce(
+    tables: Sequence[str | TableSpec],
+    data: str | None = None,
+    preset: str = "cpu",
+    repeats: int | None = None,
+    out: str | Path = "runs/reproduce",
+    cache: str | Path | None = None,
+    executor: str | Any = "local",
+    ray_address: str | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    report: bool = True,
+    train: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run (or find in the cache) every unit the tables need and write ``OUT/results.json``
+    (and, with ``report``, ``OUT/report.html`` / ``report.md``).
+
+    ``tables``: names (``"1"``..``"5"``, ``"fig6"``, ``"sizes"``, ``"all"``) or
+    :class:`TableSpec` objects. ``cache`` defaults to ``$POISONSIFT_CACHE/experiments``,
+    shared by every output folder. Returns the results dict.
+    """
+    t0 = time.perf_counter()
+    names: list[str | TableSpec] = []
+    for t in tables:
+        names.extend(TABLES if t == "all" else [t])
+    specs = [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train) for t in names]
+    out = Path(out)
+    cache = Path(cache) if cache is not None else cache_dir() / "experiments"
+    cache.mkdir(parents=True, exist_ok=True)
+    data_path, fp = _data_file(data, cache)
+    ex = make_executor(executor, ray_address, jobs=jobs) if isinstance(executor, str) else executor
+    if threads is None:
+        import torch
+
+        # A Ray task or a local job gets cpus_per_task CPUs: more torch threads would oversubscribe them.
+        threads = getattr(ex, "cpus_per_task", None) or torch.get_num_threads()
+    base = {"data": data_path, "fingerprint": fp, "cache": str(cache), "force": force, "device": device,
+            "threads": threads}  # fmt: skip
+
+    runs: dict[str, RunSpec] = {}
+    for ts in specs:
+        for rs in ts.run_specs():
+            runs.setdefault(rs.key(fp), rs)
+    surrogates: dict[str, RunSpec] = {}
+    for rs in runs.values():
+        if rs.attack.needs_surrogate:
+            surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
+    if surrogates:
+        ex.map(execute_surrogate, [{**base, "spec": rs.to_dict()} for rs in surrogates.values()],
+               [rs.wants_gpu for rs in surrogates.values()], desc="surrogates")  # fmt: skip
+    run_list = list(runs.items())
+    results = ex.map(execute_run, [{**base, "spec": rs.to_dict()} for _, rs in run_list],
+                     [rs.wants_gpu for _, rs in run_list], desc="runs")  # fmt: skip
+    run_results = {k: r for (k, _), r in zip(run_list, results)}
+
+    det_units: dict[tuple[str, str], tuple[RunSpec, DetectSpec]] = {}
+    for ts in specs:
+        for row in ts.rows:
+            for d in ts.detections_for(row).values():
+                for rs in row.runs:
+                    det_units.setdefault((rs.key(fp), d.key()), (rs, d))
+    det_list = list(det_units.items())
+    det_out = ex.map(
+        execute_detection,
+        [{**base, "dir": run_results[k[0]]["dir"], "detect": dataclasses.asdict(d)} for k, (_, d) in det_list],
+        [rs.wants_gpu for _, (rs, _) in det_list], desc="detections",
+    )  # fmt: skip
+    det_results = dict(zip([k for k, _ in det_list], det_out))
+
+    paper = paper_values()
+    res = {
+        "preset": preset,
+        "executor": ex.name,
+        # no absolute paths of this machine: the report can be published as it is. Run and
+        # detection paths are relative to the cache, the cache and the data relative to ``out``.
+        "data": _relative(data_path, out) if data_path else None,
+        "cache": _relative(cache, out),
+        "tables": {ts.name: assemble(ts, run_results, det_results, fp, paper) for ts in specs},
+        "computed": {
+            "runs": sum(bool(r["computed"]) for r in run_results.values()),
+            "detections": sum(bool(r["computed"]) for r in det_results.values()),
+            "units": len(run_results) + len(det_results),
+        },
+    }
+    res["seconds"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", res)
+    if report:
+        from poisonsift.report import write_report
+
+        write_report(out)
+    return res

@@ -1,0 +1,246 @@
+"""The experiments as data: attacks, runs, tables and their columns, the paper's published values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Sequence
+
+from poisonsift.defences.spec import DetectSpec
+from poisonsift.errors import ConfigError
+from poisonsift.utils import config_hash
+
+ATTACK_KINDS = ("standard", "label-consistent", "amplitude")
+#: presets whose trainings want a GPU when one is offered (the Ray executor asks for one)
+GPU_PRESETS = frozenset({"paper"})
+TABLES = ("1", "2", "3", "4", "5", "fig6", "sizes")
+KEY_VERSION = 1
+
+
+
+@dataclass
+class AttackSpec:
+    """Which attack: ``kind`` (standard / label-consistent / amplitude), poison share
+    ``p`` of the target class, sticker side ``size`` (pixels), trigger ``amp``
+    (amplitude attack, 1..255) and the surrogate's epochs (None: the preset's)."""
+
+    kind: str = "standard"
+    p: float = 0.33
+    size: int = 3
+    amp: int = 255
+    surrogate_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTACK_KINDS:
+            raise ConfigError(f"unknown attack kind {self.kind!r}; use one of {', '.join(ATTACK_KINDS)}")
+        if not 0.0 < self.p < 1.0:
+            raise ConfigError(f"p is the poisoned share of the target class and must be in (0, 1), got {self.p}")
+        if self.size < 1:
+            raise ConfigError(f"trigger size must be >= 1 pixel, got {self.size}")
+        if not 1 <= self.amp <= 255:
+            raise ConfigError(f"trigger amplitude must be in 1..255, got {self.amp}")
+
+    @property
+    def needs_surrogate(self) -> bool:
+        return self.kind != "standard"
+
+    def build(self, surrogate=None, device: str = "cpu"):
+        """The :class:`~poisonsift.attacks.Attack` (``surrogate``: a lazy provider for PGD)."""
+        from poisonsift.attacks import AmplitudeTrigger, LabelConsistent, StandardBackdoor, StickerTrigger
+
+        if self.kind == "standard":
+            return StandardBackdoor(p=self.p, trigger=StickerTrigger(size=self.size))
+        trigger = AmplitudeTrigger(amp=self.amp, size=self.size) if self.kind == "amplitude" else StickerTrigger(size=self.size)
+        return LabelConsistent(p=self.p, trigger=trigger, surrogate=surrogate, device=device)
+
+
+@dataclass
+class RunSpec:
+    """One poisoned training set and the model trained on it.
+
+    ``train`` overrides fields of the preset (e.g. ``{"epochs": 2}``); ``seed``
+    seeds the poisoning (which images, where the trigger goes) and the training.
+    """
+
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    preset: str = "cpu"
+    seed: int = 0
+    train: dict[str, Any] = field(default_factory=dict)
+    surrogate_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attack, dict):
+            self.attack = AttackSpec(**self.attack)
+        self.train_config()  # validates preset and overrides
+
+    def train_config(self):
+        from poisonsift.training import get_preset
+
+        try:
+            return get_preset(self.preset, seed=self.seed, **self.train)
+        except TypeError as exc:
+            raise ConfigError(f"bad training override in {self.train}: {exc}") from None
+
+    def surrogate_config(self):
+        """The clean surrogate's training config (label-consistent attacks), else None."""
+        if not self.attack.needs_surrogate:
+            return None
+        from poisonsift.training import get_preset
+
+        over = {**self.train, "seed": self.surrogate_seed}
+        if self.attack.surrogate_epochs is not None:
+            over["epochs"] = self.attack.surrogate_epochs
+        return get_preset(self.preset, **over)
+
+    def key_material(self, data_fingerprint: str) -> dict[str, Any]:
+        sur = self.surrogate_config()
+        return {
+            "version": KEY_VERSION,
+            "data": data_fingerprint,
+            "attack": self.attack.build().config(),
+            "poison_seed": self.seed,
+            "surrogate": sur.to_dict() if sur is not None else None,
+            "train": self.train_config().to_dict(),
+        }
+
+    def key(self, data_fingerprint: str) -> str:
+        """Cache key: changes with anything that changes the poisoned data or the model."""
+        return config_hash(self.key_material(data_fingerprint))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.preset in GPU_PRESETS
+
+
+@dataclass
+class Column:
+    """A table column: ``source`` is "metrics" (the run's metrics.json), "train", or a
+    detection alias of the table (or "@row": the row's own detection); ``field`` the
+    key there; ``percent`` scales a fraction to percent as the paper prints."""
+
+    name: str
+    source: str
+    field: str
+    percent: bool = True
+
+
+@dataclass
+class Row:
+    """One table row: its label (e.g. ``{"p": 33}``), the runs it aggregates (one, or
+    several repeats: mean and variance) and, for "@row" columns, its detection alias."""
+
+    label: dict[str, Any]
+    runs: list[RunSpec]
+    detection: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ConfigError(f"row {self.label} has no runs")
+
+
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    key: str
+    rows: list[Row]
+    columns: list[Column]
+    detections: dict[str, DetectSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            raise ConfigError(f"table {self.name} has no rows")
+        known = {"metrics", "train", "@row", *self.detections}
+        for c in self.columns:
+            if c.source not in known:
+                raise ConfigError(f"table {self.name}: column {c.name!r} reads unknown source {c.source!r}")
+        for r in self.rows:
+            if r.detection is not None and r.detection not in self.detections:
+                raise ConfigError(f"table {self.name}: row {r.label} names unknown detection {r.detection!r}")
+
+    def run_specs(self) -> list[RunSpec]:
+        return [rs for r in self.rows for rs in r.runs]
+
+    def detections_for(self, row: Row) -> dict[str, DetectSpec]:
+        used = {c.source for c in self.columns} | ({row.detection} if row.detection else set())
+        return {a: d for a, d in self.detections.items() if a in used}
+
+
+def _rates(alias: str, prefix: str) -> list[Column]:
+    return [Column(f"{prefix} {m.upper()}", alias, m) for m in ("acc", "tpr", "tnr")]
+
+
+def _ac_hc_ss(seed: int = 0) -> dict[str, DetectSpec]:
+    """AC with the paper's ``smaller`` rule, AC with HC's rule (``AC*``), HC's defaults, Spectral Signatures."""
+    from poisonsift.defences import HC_DEFAULT_RULE
+
+    return {"AC": DetectSpec("ac", seed=seed), "AC*": DetectSpec("ac", seed=seed, rule=HC_DEFAULT_RULE),
+            "HC": DetectSpec("hc", seed=seed), "SS": DetectSpec("spectral", seed=seed)}  # fmt: skip
+
+
+PAPER_P = (0.33, 0.15, 0.10, 0.05, 0.02)
+
+
+def build_table(name: str, preset: str = "cpu", repeats: int | None = None, train: dict[str, Any] | None = None,
+                ps: Sequence[float] | None = None) -> TableSpec:  # fmt: skip
+    """The spec of one of the paper's tables (``1``-``5``, ``fig6``, ``sizes``).
+
+    ``repeats`` (table 5 only; default 10), ``train`` (preset overrides for every
+    run) and ``ps`` (poison shares instead of the paper's) are for quick or
+    smaller reproductions; the defaults are the paper's.
+    """
+    name = str(name)
+    train = dict(train or {})
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+
+    def run(kind: str, p: float, seed: int = 0, **kw) -> RunSpec:
+        return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=train)
+
+    det = _ac_hc_ss()
+    cols = [*_rates("AC", "AC"), *_rates("AC*", "AC*"), *_rates("HC", "HC"), *_rates("SS", "SS")]
+    plist = tuple(ps) if ps is not None else PAPER_P
+    if name == "1":
+        rows = [Row({"p": round(p * 100)}, [run("standard", p)]) for p in plist]
+        return TableSpec("1", "Standard attack (s = 3): ASR and detection by AC, HC (and SS)", "p", rows,
+                         [Column("ASR", "metrics", "asr"), *cols], det)  # fmt: skip
+    if name == "2":
+        rows = [Row({"p": round(p * 100)}, [run("label-consistent", p)]) for p in plist]
+        return TableSpec("2", "Label-consistent attack (s = 3): MASR and detection", "p", rows,
+                         [Column("MASR", "metrics", "masr"), *cols], det)  # fmt: skip
+    if name == "3":
+        r = run("standard", 0.33)
+        dets = {"PCA": DetectSpec("raw-pca"), "FastICA": DetectSpec("raw-ica")}
+        rows = [Row({"method": m}, [r], detection=m) for m in ("PCA", "FastICA")]
+        return TableSpec("3", "Clustering raw images (standard attack, s = 3, p = 33 %)", "method", rows,
+                         [Column(m.upper(), "@row", m) for m in ("acc", "tpr", "tnr")], dets)  # fmt: skip
+    if name in ("4", "fig6"):
+        rows = [Row({"amplitude": a}, [run("amplitude", 0.33, amp=a)]) for a in (255, 128, 64, 32)]
+        if name == "fig6":
+            return TableSpec("fig6", "Per-class ASR, amplitude sticker, p = 33 %", "amplitude", rows,
+                             [Column("MASR", "metrics", "masr")], {})  # fmt: skip
+        return TableSpec("4", "Label-consistent attack with reduced trigger amplitude (p = 33 %)", "amplitude", rows,
+                         [Column("MASR", "metrics", "masr"), *cols], det)  # fmt: skip
+    if name == "5":
+        n = 10 if repeats is None else repeats
+        p5 = tuple(ps) if ps is not None else (0.33, 0.15)
+        rows = [Row({"p": round(p * 100)}, [run("label-consistent", p, seed=s) for s in range(n)]) for p in p5]
+        ac_hc = {k: v for k, v in det.items() if k in ("AC", "HC")}
+        return TableSpec("5", f"Detection over {n} repeats (label-consistent, s = 3): mean and variance", "p", rows,
+                         [*_rates("AC", "AC"), *_rates("HC", "HC")], ac_hc)  # fmt: skip
+    if name == "sizes":
+        rows = [Row({"s": s}, [run("standard", 0.33, size=s)]) for s in (1, 2, 3)]
+        return TableSpec("sizes", "Standard attack with sticker side s = 1, 2, 3 (p = 33 %)", "s", rows,
+                         [Column("ASR", "metrics", "asr"), *cols], det)  # fmt: skip
+    raise ConfigError(f"unknown table {name!r}; choose from {', '.join(TABLES)} or all")
+
+
+def paper_values() -> dict[str, Any]:
+    """The paper's published numbers (percent, as printed), by table name."""
+    text = resources.files("poisonsift").joinpath("paper_results.json").read_text()
+    return json.loads(text)["tables"]
