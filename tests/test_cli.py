@@ -93,6 +93,9 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
         assert keys <= set(d) and d["class"] == 5 and d["n"] == 36 and d["n_poisoned_true"] == 12
         assert all(0 <= d[k] <= 1 for k in ("acc", "tpr", "tnr", "precision", "f1", "auroc"))
         assert json.loads((run / f"detection-{method}.json").read_text()) == d
+    assert d["config"]["ac_reduce"] == "pca-whiten"  # the last method run was spectral: the field is carried
+    paper_ac = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--ac-reduce", "pca")
+    assert paper_ac["config"]["ac_reduce"] == "pca" and paper_ac["n"] == 36
     auto = run_json(capsys, "detect", "--run", str(run), "--method", "ac", "--class", "auto")
     assert len(auto["ranking"]) == 6 and auto["class"] == auto["ranking"][0]["class"]
     hc = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--view-samples", "0")

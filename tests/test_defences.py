@@ -136,7 +136,7 @@ def test_ac_matches_art_activation_defence_clustering():
     # Activations of one class: a clean bulk and a shifted poisoned group, in 128-d, as a ReLU layer gives.
     feats = np.maximum(rng.normal(0, 1, (300, 128)), 0)
     feats[:60, :20] += rng.normal(1.5, 0.5, (60, 20))
-    ours = ActivationClustering(ACConfig(n_components=10, seed=0)).cluster(feats)
+    ours = ActivationClustering(ACConfig(n_components=10, seed=0, reduce="pca")).cluster(feats)
     clusters, _ = art_ad.cluster_activations([feats], nb_clusters=2, nb_dims=10, reduce="PCA",
                                              clustering_method="KMeans")  # fmt: skip
     theirs = clusters[0]
@@ -144,6 +144,42 @@ def test_ac_matches_art_activation_defence_clustering():
     assert max(agree, 1 - agree) == 1.0  # same partition up to label swap
     smaller_art = np.argmin(np.bincount(theirs))
     assert np.array_equal(ours.is_poisoned, theirs == smaller_art)  # ART's default 'smaller' analysis
+
+
+def test_whitened_ac_is_k_means_on_independent_components():
+    """k-means on whitened PCA components equals k-means on FastICA's (Chen et al.'s, ART's default
+    reduction): the independent components are a rotation of the whitened ones. (ART's own FastICA
+    path is unseeded and keeps one k-means start, so it is compared through sklearn here.)"""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import FastICA
+
+    rng = np.random.default_rng(0)
+    feats = np.maximum(rng.normal(0, 1, (300, 128)), 0)
+    feats[:60, :20] += rng.normal(1.5, 0.5, (60, 20))
+    ours = ActivationClustering(ACConfig(n_components=10, seed=0)).cluster(feats)
+    ica = FastICA(10, whiten="unit-variance", random_state=0, max_iter=1000).fit_transform(feats)
+    theirs = KMeans(2, n_init=10, random_state=0).fit(ica).labels_
+    agree = np.mean(ours.cluster_labels == theirs)
+    assert max(agree, 1 - agree) == 1.0
+    assert ours.is_poisoned[:60].all() and not ours.is_poisoned[60:].any()
+
+
+def test_whitened_ac_follows_the_poison_not_the_largest_variance():
+    """A nuisance direction with 10x the spread of the rest (lighting, say) takes plain PCA's 2-means;
+    whitened, the split follows the bimodal direction the poison opens (as on ResNet-20's avgpool)."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0, 1, (300, 20))
+    feats[:, 0] *= 10
+    truth = np.zeros(300, bool)
+    truth[:60] = True
+    feats[truth, 1] += 8
+    plain = ActivationClustering(ACConfig(reduce="pca")).cluster(feats)
+    white = ActivationClustering(ACConfig()).cluster(feats)
+    assert ACConfig().reduce == "pca-whiten"
+    assert np.array_equal(white.is_poisoned, truth)
+    assert np.mean(plain.is_poisoned == truth) < 0.75
+    with pytest.raises(ConfigError, match="unknown AC reduction"):
+        ACConfig(reduce="tsne")
 
 
 def test_ac_hc_gate_skips_hc_on_a_clean_looking_class():

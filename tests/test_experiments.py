@@ -129,6 +129,15 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     assert DetectSpec("hc", rule="smaller").key() != DetectSpec("hc").key()
     assert DetectSpec("ac", rule="mixture").key() != DetectSpec("ac").key()
     assert DetectSpec("ac").rule == "smaller" and DetectSpec("hc").rule == "mixture-tail"
+    # AC's reduction keys AC and the gate only; the paper's tables pin the paper's PCA for "AC".
+    assert DetectSpec("ac", ac_reduce="pca").key() != DetectSpec("ac").key()
+    assert DetectSpec("ac-hc", ac_reduce="pca").key() != DetectSpec("ac-hc").key()
+    assert DetectSpec("hc", ac_reduce="pca").key() == DetectSpec("hc").key()
+    assert DetectSpec("spectral", ac_reduce="pca").key() == DetectSpec("spectral").key()
+    t1 = ex.build_table("1").detections
+    assert (t1["AC"].ac_reduce, t1["AC"].rule, t1["AC*"].ac_reduce) == ("pca", "smaller", "pca-whiten")
+    with pytest.raises(ConfigError, match="unknown AC reduction"):
+        DetectSpec("ac", ac_reduce="umap")
     with pytest.raises(ConfigError, match="view_samples"):
         DetectSpec("hc", view_samples=-1)
     # LRP precision: HC keys only; the default keys as before the field existed, and a cached

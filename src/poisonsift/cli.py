@@ -172,7 +172,8 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   seed=args.seed, warm_start=getattr(args, "warm_start", True),
                   view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
                   lrp_rule=args.lrp_rule, decision=decision, grid=args.grid,
-                  one_sided=not args.two_sided, sample_score=getattr(args, "sample_score", None))  # fmt: skip
+                  one_sided=not args.two_sided, sample_score=getattr(args, "sample_score", None),
+                  ac_reduce=getattr(args, "ac_reduce", "pca-whiten"))  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 
@@ -342,9 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                              f"e.g. torchvision:resnet18); default {DEFAULT_ARCH}, the paper's")  # fmt: skip
 
     def add_hc_options(sp):
-        """The HC options shared by detect and demo: LRP rule and precision, the decision rule."""
-        from poisonsift.defences import HC_DEFAULT_RULE, RULES, SAMPLE_SCORES
+        """The options shared by detect, scan and demo: LRP rule and precision, the decision rule,
+        AC's reduction."""
+        from poisonsift.defences import AC_REDUCTIONS, HC_DEFAULT_RULE, RULES, SAMPLE_SCORES
         from poisonsift.explain import LRP_PRECISIONS, LRP_RULES
+
+        sp.add_argument("--ac-reduce", default="pca-whiten", choices=AC_REDUCTIONS,
+                        help="ac, ac-hc: PCA(10) components whitened (default: 2-means then follows the bimodal "
+                             "direction, not the largest-variance one) or pca (the paper's)")
 
         sp.add_argument("--lrp-rule", default="paper", choices=LRP_RULES,
                         help="hc: LRP rule: paper (the paper's epsilon rule with exponent 2, BatchNorm passed; "

@@ -13,7 +13,7 @@ decision on a split in ``decision``, the typed detection spec in ``spec`` and th
 suspicious-class search in ``ranking``.
 """
 
-from poisonsift.defences.activation import ACConfig, ActivationClustering
+from poisonsift.defences.activation import AC_REDUCTIONS, ACConfig, ActivationClustering
 from poisonsift.defences.base import DetectionResult, result_from_distances
 from poisonsift.defences.decision import MIXTURE_RULES, RULES, ClusterRule, decide_split, mixture_test
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
@@ -35,6 +35,7 @@ __all__ = [
     "RawConfig",
     "ActivationClustering",
     "ACConfig",
+    "AC_REDUCTIONS",
     "SpectralSignatures",
     "SpectralConfig",
     "HeatmapClustering",

@@ -121,12 +121,14 @@ def _kmeans_split(z: np.ndarray, seed: int, rule: ClusterRule, seconds: dict) ->
 
 
 def _reduce(x: np.ndarray, method: str, n_components: int, seed: int) -> np.ndarray:
+    """(N, D) -> (N, n_components): ``pca``, ``pca-whiten`` (the components scaled to unit variance)
+    or ``ica`` (FastICA)."""
     n_components = min(n_components, x.shape[0], x.shape[1])
-    if method == "pca":
-        return PCA(n_components=n_components, random_state=seed).fit_transform(x)
+    if method in ("pca", "pca-whiten"):
+        return PCA(n_components=n_components, whiten=method == "pca-whiten", random_state=seed).fit_transform(x)
     if method == "ica":
         return FastICA(n_components=n_components, random_state=seed, max_iter=1000, tol=0.005).fit_transform(x)
-    raise ConfigError(f"unknown reducer {method!r}; use pca or ica")
+    raise ConfigError(f"unknown reducer {method!r}; use pca, pca-whiten or ica")
 
 
 class _Base:

@@ -34,7 +34,8 @@ class DetectSpec:
 
     ``rule`` None takes :func:`default_rule` of the method; ``decision`` holds the rule's
     parameters (:class:`~poisonsift.defences.decision.ClusterRule`, its ``rule`` and ``seed``
-    are set from this spec). ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid``,
+    are set from this spec). ``ac_reduce`` is AC's reduction (``pca-whiten``, or the paper's ``pca``;
+    :data:`~poisonsift.defences.activation.AC_REDUCTIONS`), also the AC of ``ac-hc``. ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid``,
     ``one_sided`` and ``sample_score`` (None: ``concentration`` under the mixture rules, ``gw``
     under the others; see :mod:`poisonsift.defences.heatmap`) are HC's.
     """
@@ -53,6 +54,7 @@ class DetectSpec:
     grid: int = 32
     one_sided: bool = True
     sample_score: str | None = None
+    ac_reduce: str = "pca-whiten"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,6 +68,7 @@ class DetectSpec:
         if self.rule is None:
             self.rule = default_rule(self.method)
         self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
+        ACConfig(reduce=self.ac_reduce)  # validates the reduction
         if self.method in _HC_METHODS:
             self.sample_score = self.hc_config().sample_score  # validates; None -> the rule's default
 
@@ -89,7 +92,10 @@ class DetectSpec:
         else:
             for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score"):
                 del fields[k]
-        for k, default in (("lrp_precision", "float32"), ("grid", 32), ("sample_score", "gw")):  # keys as before
+        if self.method not in ("ac", "ac-hc"):
+            del fields["ac_reduce"]
+        for k, default in (("lrp_precision", "float32"), ("grid", 32), ("sample_score", "gw"),
+                           ("ac_reduce", "pca")):  # keys as before the field existed  # fmt: skip
             if fields.get(k) == default:
                 del fields[k]
         return config_hash({"version": 2, **fields})
@@ -110,11 +116,12 @@ def build_defence(spec: DetectSpec | str, cache_dir: str | None = None):
         return RawClustering(RawConfig(reducer=spec.method[4:], seed=spec.seed, rule=r))
     layer = spec.layer  # None: the model's default (models.default_hidden_layer)
     if spec.method == "ac":
-        return ActivationClustering(ACConfig(layer=layer, seed=spec.seed, rule=r))
+        return ActivationClustering(ACConfig(layer=layer, reduce=spec.ac_reduce, seed=spec.seed, rule=r))
     if spec.method == "spectral":
         return SpectralSignatures(SpectralConfig(layer=layer))
     hc = spec.hc_config(cache_dir)
     if spec.method == "hc":
         return HeatmapClustering(hc)
-    gate_ac = ACConfig(layer=layer, seed=spec.seed, rule=dataclasses.replace(r, rule="relative-size"))
+    gate_ac = ACConfig(layer=layer, reduce=spec.ac_reduce, seed=spec.seed,
+                       rule=dataclasses.replace(r, rule="relative-size"))
     return GatedHeatmapClustering(GateConfig(ac=gate_ac, hc=hc))

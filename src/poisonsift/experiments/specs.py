@@ -176,10 +176,12 @@ def _rates(alias: str, prefix: str) -> list[Column]:
 
 
 def _ac_hc_ss(seed: int = 0) -> dict[str, DetectSpec]:
-    """AC with the paper's ``smaller`` rule, AC with HC's rule (``AC*``), HC's defaults, Spectral Signatures."""
+    """The paper's AC (PCA, ``smaller``), poisonsift's AC (``AC*``: whitened PCA, HC's decision rule),
+    HC's defaults, Spectral Signatures."""
     from poisonsift.defences import HC_DEFAULT_RULE
 
-    return {"AC": DetectSpec("ac", seed=seed), "AC*": DetectSpec("ac", seed=seed, rule=HC_DEFAULT_RULE),
+    return {"AC": DetectSpec("ac", seed=seed, ac_reduce="pca"),
+            "AC*": DetectSpec("ac", seed=seed, rule=HC_DEFAULT_RULE, ac_reduce="pca-whiten"),
             "HC": DetectSpec("hc", seed=seed), "SS": DetectSpec("spectral", seed=seed)}  # fmt: skip
 
 
