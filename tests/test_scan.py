@@ -20,6 +20,7 @@ def test_scan_finds_the_attacked_class(attacked_run, method):
     assert all(e["n_flagged"] == 0 for e in s["classes"][1:])  # clean classes stay clean
     assert s["classes"][0]["n_poisoned_true"] == 20 and s["n_poisoned_true"] == 20
     assert s["tpr"] >= 0.85 and s["tnr"] >= 0.98
+    assert method == "hc" or s["config"]["ac_reduce"] == "pca"  # the scan's AC: the paper's PCA
     on_disk = json.loads((attacked_run / "scan.json").read_text())
     assert {"method", "classes", "suspicious_classes", "n_flagged", "seconds", "n_poisoned_true", "tpr", "tnr"} <= set(on_disk)
     assert {"class", "n", "n_flagged", "evidence", "suspicious"} <= set(on_disk["classes"][0])

@@ -191,7 +191,8 @@ def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
     scan = json.loads(path.read_text()) if path.is_file() else None
     if scan is None or scan.get("method") != method:
         rule = spec.rule if spec.rule in MIXTURE_RULES else HC_DEFAULT_RULE
-        scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule))
+        # as scan's default, AC's class search reads the paper's PCA (whitened, clean classes split too)
+        scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule, ac_reduce="pca"))
     return int(scan["classes"][0]["class"]), scan["classes"]
 
 
@@ -342,15 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"network: {', '.join(ARCHS)} or torchvision:<name> (any torchvision classifier, "
                              f"e.g. torchvision:resnet18); default {DEFAULT_ARCH}, the paper's")  # fmt: skip
 
-    def add_hc_options(sp):
+    def add_hc_options(sp, ac_reduce: str = "pca-whiten"):
         """The options shared by detect, scan and demo: LRP rule and precision, the decision rule,
-        AC's reduction."""
+        AC's reduction (``ac_reduce``: its default here)."""
         from poisonsift.defences import AC_REDUCTIONS, HC_DEFAULT_RULE, RULES, SAMPLE_SCORES
         from poisonsift.explain import LRP_PRECISIONS, LRP_RULES
 
-        sp.add_argument("--ac-reduce", default="pca-whiten", choices=AC_REDUCTIONS,
-                        help="ac, ac-hc: PCA(10) components whitened (default: 2-means then follows the bimodal "
-                             "direction, not the largest-variance one) or pca (the paper's)")
+        why = {"pca-whiten": "the default for a class known to be attacked: 2-means then follows the bimodal "
+                             "direction, not the largest-variance one",
+               "pca": "the default of scan: whitened, the class test also finds two modes in clean classes"}
+        sp.add_argument("--ac-reduce", default=ac_reduce, choices=AC_REDUCTIONS,
+                        help=f"ac, ac-hc: PCA(10) components whitened (pca-whiten) or not (pca, the paper's); "
+                             f"default {ac_reduce}, {why[ac_reduce]}")  # fmt: skip
 
         sp.add_argument("--lrp-rule", default="paper", choices=LRP_RULES,
                         help="hc: LRP rule: paper (the paper's epsilon rule with exponent 2, BatchNorm passed; "
@@ -454,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--outlier-z", type=float, default=3.5,
                     help="a class is suspicious only if its evidence is an outlier among the classes: modified "
                          "z-score above this (default 3.5)")
-    add_hc_options(sc)
+    add_hc_options(sc, ac_reduce="pca")
     add_json(sc)
     from poisonsift.defences import HC_DEFAULT_RULE
 

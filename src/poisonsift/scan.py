@@ -128,8 +128,8 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     from poisonsift.metrics import detection_metrics
     from poisonsift.runs import load_poisoned
 
-    if isinstance(spec, str):
-        spec = DetectSpec(spec, rule=HC_DEFAULT_RULE)
+    if isinstance(spec, str):  # AC's paper PCA: whitened, its class test also splits clean classes
+        spec = DetectSpec(spec, rule=HC_DEFAULT_RULE, ac_reduce="pca")
     if spec.rule not in MIXTURE_RULES:
         raise ConfigError(f"scan needs a rule that can call a class clean ({', '.join(MIXTURE_RULES)}), not {spec.rule!r}")
     if spec.method not in SCAN_METHODS:
