@@ -184,15 +184,14 @@ def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
     import dataclasses
 
     from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES
-    from poisonsift.scan import SCAN_METHODS, scan_run
+    from poisonsift.scan import SCAN_AC_REDUCE, SCAN_METHODS, scan_run
 
     method = spec.method if spec.method in SCAN_METHODS else "hc"
     path = Path(run) / "scan.json"
     scan = json.loads(path.read_text()) if path.is_file() else None
     if scan is None or scan.get("method") != method:
         rule = spec.rule if spec.rule in MIXTURE_RULES else HC_DEFAULT_RULE
-        # as scan's default, AC's class search reads the paper's PCA (whitened, clean classes split too)
-        scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule, ac_reduce="pca"))
+        scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule, ac_reduce=SCAN_AC_REDUCE))
     return int(scan["classes"][0]["class"]), scan["classes"]
 
 
@@ -458,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--outlier-z", type=float, default=3.5,
                     help="a class is suspicious only if its evidence is an outlier among the classes: modified "
                          "z-score above this (default 3.5)")
-    add_hc_options(sc, ac_reduce="pca")
+    from poisonsift.scan import SCAN_AC_REDUCE
+
+    add_hc_options(sc, ac_reduce=SCAN_AC_REDUCE)
     add_json(sc)
     from poisonsift.defences import HC_DEFAULT_RULE
 

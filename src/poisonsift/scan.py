@@ -65,6 +65,11 @@ def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
     return activations_cache_file(model, pd.x_train, pd.y_train, spec.layer, norm, cache, desc="activations (all classes)")
 
 
+#: The scan's AC reduction: the paper's PCA. Whitened, AC's class test also splits clean classes
+#: (p = 2 % run: 7 clean classes suspicious, measured); the CLI's scan and --class auto use it too.
+SCAN_AC_REDUCE = "pca"
+
+
 @unit
 def scan_class(task: dict[str, Any]) -> dict[str, Any]:
     """One class of a scan (a unit: plain dict in, plain dict out).
@@ -128,8 +133,8 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     from poisonsift.metrics import detection_metrics
     from poisonsift.runs import load_poisoned
 
-    if isinstance(spec, str):  # AC's paper PCA: whitened, its class test also splits clean classes
-        spec = DetectSpec(spec, rule=HC_DEFAULT_RULE, ac_reduce="pca")
+    if isinstance(spec, str):
+        spec = DetectSpec(spec, rule=HC_DEFAULT_RULE, ac_reduce=SCAN_AC_REDUCE)
     if spec.rule not in MIXTURE_RULES:
         raise ConfigError(f"scan needs a rule that can call a class clean ({', '.join(MIXTURE_RULES)}), not {spec.rule!r}")
     if spec.method not in SCAN_METHODS:

@@ -16,8 +16,8 @@ from poisonsift.explain import activations
 #: components scaled to unit variance). Unwhitened, 2-means splits along the largest-variance
 #: direction, which need not be the poison's: on real GTSRB (class 5, 2 epochs) the poison lay
 #: along the 2nd component of ResNet-20's avgpool (AUROC 0.94; the 1st, 29 % of the variance,
-#: 0.53) and AC's AUROC was 0.47; whitened, 2-means follows the bimodal direction: AUROC 0.987
-#: there, and SmallInception p = 10 % 0.225 -> 0.996. k-means on whitened components equals
+#: 0.58) and AC's AUROC was 0.445; whitened, 2-means follows the bimodal direction: AUROC 0.984
+#: there, and SmallInception p = 10 % 0.126 -> 0.996 (benchmarks/ac_reduction.py). k-means on whitened components equals
 #: k-means on Chen et al.'s FastICA (a rotation of them; measured the same flags), ART's default.
 #: Whitening needs images: on a toy of 32 random ReLU features it split noise at 40 and 120
 #: images, found the poison from 200 (tests/test_defences.py); ``pca`` for small classes.
