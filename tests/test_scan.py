@@ -180,3 +180,55 @@ def test_sample_score_follows_the_rule_and_keys_the_detection():
         DetectSpec("hc", rule="smaller", sample_score="concentration")
     with pytest.raises(ConfigError, match="unknown sample score"):
         DetectSpec("hc", sample_score="entropy")
+
+
+def test_concentration_class_test_finds_a_small_concentrated_group():
+    """2 % of a class with a trigger-like spot: the concentration's own class test calls the class
+    (whatever the GW split does with so small a group), flags the group and nothing else; with
+    ``focus_ratio`` None only the GW class test is left."""
+    from poisonsift.defences import DetectSpec, build_defence
+
+    rng = np.random.default_rng(1)
+    heat = np.concatenate([_blobs(490, 4.0, rng), _blobs(10, 4.0, rng, peak=0.6)]).astype(np.float32)
+    spec = DetectSpec("hc", view_samples=0, grid=16)
+    res = build_defence(spec).cluster(heat)
+    cm = res.analysis["concentration"]
+    assert res.suspicious and cm["class_test"] and cm["focus_gain"] >= np.log(2)
+    assert res.analysis["class_test"] == "concentration" and not res.analysis["mixture"]["suspicious"]  # GW: no
+    assert res.is_poisoned[490:].all() and not res.is_poisoned[:490].any()
+    off = build_defence(dataclasses.replace(spec, focus_ratio=None)).cluster(heat)
+    assert off.analysis.get("class_test") != "concentration"
+    assert off.suspicious is (off.analysis["mixture"]["suspicious"] and off.analysis["mixture"]["concentrated"])
+
+
+@pytest.mark.parametrize("width, fires", [(3.0, False), (2.0, True)])
+def test_concentration_class_test_needs_an_effect_size(width, fires):
+    """A mode of blobs (4/w)^2 times narrower holds its relevance on that many times fewer pixels:
+    (4/3)^2 = 1.8 is below the default focus ratio 2 (natural variation), (4/2)^2 = 4 is above."""
+    from poisonsift.defences import DetectSpec, build_defence
+
+    rng = np.random.default_rng(2)
+    heat = np.concatenate([_blobs(300, 4.0, rng), _blobs(40, width, rng)]).astype(np.float32)
+    res = build_defence(DetectSpec("hc", view_samples=0)).cluster(heat)
+    cm = res.analysis["concentration"]
+    assert cm["class_test"] is fires
+    assert abs(cm["focus_gain"] - 2 * np.log(4 / width)) < 0.15  # the mode means, in nats
+    assert res.analysis.get("class_test") == ("concentration" if fires else None) and res.suspicious is fires
+    assert res.is_poisoned[300:].mean() == (1.0 if fires else 0.0) and not res.is_poisoned[:300].any()
+
+
+def test_focus_ratio_option_and_key(capsys):
+    from poisonsift.cli import build_parser
+    from poisonsift.defences import DetectSpec
+
+    p = build_parser()
+    assert p.parse_args(["detect", "--run", "r", "--class", "5", "--method", "hc", "--focus-ratio", "0"]).focus_ratio is None
+    assert p.parse_args(["scan", "--run", "r", "--focus-ratio", "3"]).focus_ratio == 3.0
+    with pytest.raises(SystemExit):
+        p.parse_args(["scan", "--run", "r", "--focus-ratio", "1"])
+    assert "--focus-ratio must be > 1" in capsys.readouterr().err
+    assert DetectSpec("hc").key() != DetectSpec("hc", focus_ratio=None).key()
+    assert DetectSpec("hc", rule="smaller").key() == DetectSpec("hc", rule="smaller", focus_ratio=None).key()
+    assert DetectSpec("ac").key() == DetectSpec("ac", focus_ratio=None).key()
+    with pytest.raises(ConfigError, match="focus_ratio must be > 1"):
+        DetectSpec("hc", focus_ratio=0.5)

@@ -85,9 +85,8 @@ class HeatmapClusteringDefence(PoisonFilteringDefence):
                 raise DataError(f"class {c} has {len(rows)} training images; HC needs at least 2 to split")
             res = defence.detect(model, images[rows], labels[rows], norm)
             is_clean[rows[res.is_poisoned]] = 0
-            mt = res.analysis.get("mixture", {})
             report[f"Class_{c}"] = {"n": len(rows), "n_flagged": int(res.is_poisoned.sum()), "suspicious": bool(res.suspicious),
-                                    "evidence": class_evidence(mt, self.spec)}  # fmt: skip
+                                    "evidence": class_evidence(res.analysis, self.spec)[0]}  # fmt: skip
         self.report = report
         self.is_clean_lst = is_clean.tolist()
         return report, self.is_clean_lst

@@ -144,6 +144,18 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _focus_ratio(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value == 0:
+        return None
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"--focus-ratio must be > 1 (or 0: off), got {text!r}")
+    return value
+
+
 def _tables_arg(text: str) -> list[str]:
     from poisonsift.experiments import TABLES
 
@@ -173,7 +185,7 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   view_samples=getattr(args, "view_samples", 300), lrp_precision=args.lrp_precision,
                   lrp_rule=args.lrp_rule, decision=decision, grid=args.grid,
                   one_sided=not args.two_sided, sample_score=getattr(args, "sample_score", None),
-                  ac_reduce=getattr(args, "ac_reduce", "pca-whiten"))  # fmt: skip
+                  ac_reduce=getattr(args, "ac_reduce", "pca-whiten"), focus_ratio=getattr(args, "focus_ratio", 2.0))  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 
@@ -380,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hc: which images of a suspicious class are flagged, read from each heatmap's relevance "
                              "concentration (default under the mixture rules) or from its GW distances to the two "
                              "barycentres (gw: the paper's; the default under smaller, relative-size, silhouette)")
+        sp.add_argument("--focus-ratio", type=_focus_ratio, default=2.0,
+                        help="hc with the concentration sample score: a class is also suspicious where a mode of "
+                             "its heatmaps holds its relevance on at most 1/R as many pixels as the rest (the "
+                             "low-rate poison the GW split does not separate; default 2; 0: the GW class test alone)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")

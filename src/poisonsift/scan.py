@@ -90,21 +90,42 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
     else:  # pragma: no cover - SCAN_METHODS guards this
         raise ConfigError(f"scan runs hc or ac, not {spec.method}")
     mt = res.analysis["mixture"]
+    evidence, llr = class_evidence(res.analysis, spec)
     return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
-            "suspicious": bool(res.suspicious), "evidence": class_evidence(mt, spec), "llr": float(mt.get("llr", 0.0)),
-            "mixture": mt, "seconds": time.perf_counter() - t}  # fmt: skip
+            "suspicious": bool(res.suspicious), "evidence": evidence, "llr": llr, "mixture": mt,
+            "class_test_by": res.analysis.get("class_test"), "seconds": time.perf_counter() - t}  # fmt: skip
 
 
-def class_evidence(mt: dict[str, Any], spec: DetectSpec) -> float:
-    """A class's evidence of a poisoned group: the per-image log-likelihood ratio of two modes
-    against one (``llr``, BIC-penalised) where the minority mode could be poison - it holds at
-    least ``min_weight`` of the class and ``min_count`` images and, for HC with ``one_sided``,
-    has the more concentrated heatmaps - else 0."""
-    if "weights" not in mt:
-        return 0.0
-    if spec.method == "hc" and spec.one_sided and not mt.get("concentrated", True):
+def _mixture_evidence(mt: dict[str, Any], could_be_poison: bool) -> float:
+    if "weights" not in mt or not could_be_poison:
         return 0.0
     return max(0.0, float(mt["llr"])) if mt["minority_big"] else 0.0
+
+
+def class_evidence(analysis: dict[str, Any], spec: DetectSpec) -> tuple[float, float]:
+    """A class's evidence of a poisoned group, and its plain two-mode ratio (the cross-class baseline).
+
+    The evidence is the per-image log-likelihood ratio of two modes against one (``llr``,
+    BIC-penalised) of the split statistic's mixture where its minority mode could be poison - it
+    holds at least ``min_weight`` of the class and ``min_count`` images and, for HC with
+    ``one_sided``, has the more concentrated heatmaps - else 0. For HC with the concentration
+    sample score the concentration's own mixture counts too (its minority the more concentrated
+    mode: the second class test's statistic), and the evidence is the larger of the two; the
+    plain ratio likewise the larger ``llr`` of the two, either side, any size.
+
+    ``analysis``: a :class:`~poisonsift.defences.DetectionResult`'s ``analysis``.
+    """
+    from poisonsift.defences.heatmap import focus_gain
+
+    mt = analysis.get("mixture", {})
+    hc = spec.method == "hc"
+    ev = _mixture_evidence(mt, not (hc and spec.one_sided and not mt.get("concentrated", True)))
+    llr = float(mt.get("llr", 0.0))
+    cm = analysis.get("concentration", {}) if hc and spec.focus_ratio is not None else {}
+    if "llr" in cm:
+        ev = max(ev, _mixture_evidence(cm, focus_gain(cm) > 0))
+        llr = max(llr, float(cm["llr"]))
+    return ev, llr
 
 
 def outlier_scores(evidence: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -171,7 +192,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         flagged[rows] = np.asarray(r["is_poisoned"]) & sus
         e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), "evidence": r["evidence"],
              "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
-             "separation": r["mixture"].get("separation"), "llr": r["llr"],
+             "separation": r["mixture"].get("separation"), "llr": r["llr"], "class_test_by": r["class_test_by"],
              "concentrated": r["mixture"].get("concentrated"), "seconds": r["seconds"]}  # fmt: skip
         if pd.poison_mask.any():
             e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
