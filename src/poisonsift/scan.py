@@ -12,8 +12,10 @@
 3. every class gets an ``evidence`` (:func:`class_evidence`): the per-image log-likelihood ratio
    of a two- against a one-component Gaussian mixture on its split statistic (BIC-penalised),
    where the minority mode could be poison (big enough; for HC the more concentrated heatmaps),
-   else 0. Classes are ordered by evidence. A class is ``suspicious`` where its own mixture test
-   says so (BIC, Ashman's D >= 2, minority size, concentration) **and** its evidence is an outlier
+   else 0 - for HC the larger of the GW split's and the relevance concentration's ratios. Classes
+   are ordered by evidence. A class is ``suspicious`` where its own class test says so (the
+   mixture test: BIC, Ashman's D >= 2, minority size, concentration; for HC on the GW split or on
+   the concentration with ``focus_ratio``, :class:`~poisonsift.defences.HCConfig`) **and** its evidence is an outlier
    among the classes (modified z-score > 3.5 against every class's plain two-mode ratio:
    natural sub-structure differs from model to model, a backdoor stands out of it - the
    cross-class MAD test Neural Cleanse uses for its trigger norms). Only suspicious classes keep
@@ -26,7 +28,7 @@
    class whose minority is the concentrated one: 0.09).
 
 Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
-``suspicious``, ``outlier_z``, ``class_test``, ``llr``, ``separation``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
+``suspicious``, ``outlier_z``, ``class_test``, ``class_test_by``, ``llr``, ``separation``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
 ``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run), and
 where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
 ``cluster_labels`` for every training image; scores are comparable within a class only).
