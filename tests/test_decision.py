@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from poisonsift.defences import ClusterRule, decide_split, mixture_test, result_from_distances
+from poisonsift.defences.decision import mixture_flags, mode_gap
 from poisonsift.errors import ConfigError
 
 
@@ -79,3 +80,19 @@ def test_poison_centre_makes_the_class_test_one_sided(rule):
     assert mt["minority_centre"] == 1 and not mt["suspicious"] and "one-sided" in mt["reason"]
     # the paper's rule takes the smaller cluster whatever the side
     assert result_from_distances(dist, ClusterRule("smaller"), poison_centre=0).is_poisoned[truth].all()
+
+
+@pytest.mark.parametrize("rule", ["mixture", "mixture-tail"])
+def test_mixture_flags_on_a_statistic_match_the_split_and_report_its_units(rule):
+    # The 1-D path (HC's concentration) and the split path give the same flags; the modes' means
+    # stay in the statistic's units, so mode_gap is an effect size in them, the sign the side.
+    t, truth = _two_modes()
+    flagged, _, mt = mixture_flags(t, ClusterRule(rule), side=1)
+    split = decide_split(_dist_from_stat(t), ClusterRule(rule))
+    assert np.array_equal(flagged, split[2]) and flagged[truth].all()
+    assert mt["minority_side"] == 1 and abs(mode_gap(mt) - (0.9 - 0.16)) < 0.03  # poison 0.9, clean gamma mean 0.16
+    flipped, _, mt_f = mixture_flags(-t, ClusterRule(rule), side=-1)  # the same class, mirrored
+    assert np.array_equal(flipped, flagged) and abs(mode_gap(mt_f) + mode_gap(mt)) < 1e-6
+    vetoed, _, mt_v = mixture_flags(t, ClusterRule(rule), side=-1)  # poison can only be low: none
+    assert not vetoed.any() and not mt_v["suspicious"] and "one-sided" in mt_v["reason"]
+    assert mode_gap(mixture_test(np.ones(50), ClusterRule(rule))) == float("-inf")

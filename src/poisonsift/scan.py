@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
+from poisonsift.defences.decision import mode_gap
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.executors import make_executor, unit
 from poisonsift.utils import atomic_write_json, atomic_write_npz
@@ -117,15 +118,13 @@ def class_evidence(analysis: dict[str, Any], spec: DetectSpec) -> tuple[float, f
 
     ``analysis``: a :class:`~poisonsift.defences.DetectionResult`'s ``analysis``.
     """
-    from poisonsift.defences.heatmap import focus_gain
-
     mt = analysis.get("mixture", {})
     hc = spec.method == "hc"
     ev = _mixture_evidence(mt, not (hc and spec.one_sided and not mt.get("concentrated", True)))
     llr = float(mt.get("llr", 0.0))
     cm = analysis.get("concentration", {}) if hc and spec.focus_ratio is not None else {}
     if "llr" in cm:
-        ev = max(ev, _mixture_evidence(cm, focus_gain(cm) > 0))
+        ev = max(ev, _mixture_evidence(cm, mode_gap(cm) > 0))
         llr = max(llr, float(cm["llr"]))
     return ev, llr
 

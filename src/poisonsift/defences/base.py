@@ -17,7 +17,7 @@ from poisonsift.defences.decision import ClusterRule, decide_split
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.training import Normalizer
 
-__all__ = ["DetectionResult", "result_from_distances", "two_means_1d"]
+__all__ = ["DetectionResult", "result_from_distances"]
 
 
 @dataclass
@@ -87,21 +87,6 @@ def result_from_distances(dist: np.ndarray, rule: ClusterRule, silhouette: float
         analysis=analysis,
         seconds={} if seconds is None else seconds,
     )
-
-
-def two_means_1d(x: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """2-means of a 1-D statistic (Lloyd from its quartiles; deterministic). Returns the (N, 2)
-    squared distances of each value to the two centres and the centres (2,), for
-    :func:`result_from_distances`."""
-    x = np.asarray(x, dtype=np.float64)
-    c = np.percentile(x, [25, 75])
-    for _ in range(max_iter):
-        near = np.abs(x[:, None] - c[None]).argmin(1)
-        new = np.array([x[near == j].mean() if (near == j).any() else c[j] for j in range(2)])
-        if np.allclose(new, c, rtol=0, atol=1e-12 * (1 + np.abs(c).max())):
-            break
-        c = new
-    return (x[:, None] - c[None]) ** 2, c
 
 
 def _view2d(z: np.ndarray) -> np.ndarray:

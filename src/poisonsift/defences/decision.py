@@ -37,7 +37,7 @@ import numpy as np
 
 from poisonsift.errors import ConfigError
 
-__all__ = ["ClusterRule", "RULES", "MIXTURE_RULES", "decide_split", "mixture_test"]
+__all__ = ["ClusterRule", "RULES", "MIXTURE_RULES", "decide_split", "mixture_flags", "mixture_test", "mode_gap"]
 
 RULES = ("smaller", "relative-size", "silhouette", "mixture", "mixture-tail")
 MIXTURE_RULES = ("mixture", "mixture-tail")
@@ -133,39 +133,58 @@ def decide_split(dist: np.ndarray, rule: ClusterRule, silhouette: float | None =
     else:
         if k != 2:
             raise ConfigError(f"the {rule.rule} rule needs a two-way split, got {k} clusters")
-        return _mixture_decision(scores, smaller, rule, analysis, poison_centre)
+        # t > 0 lies nearer the smaller cluster's centre: the side of the poison_centre
+        side = None if poison_centre is None else (1 if poison_centre == smaller else -1)
+        flagged, scores, mt = mixture_flags(scores, rule, side)
+        if "means" in mt:  # the k-means centre the minority mode lies towards
+            mt["minority_centre"] = smaller if mt["minority_side"] > 0 else 1 - smaller
+        analysis["mixture"] = mt
+        labels = np.where(flagged, smaller, 1 - smaller)
+        poisoned = [smaller] if flagged.any() else []
+        return labels, scores, flagged, poisoned, bool(flagged.any()), analysis
     return labels, scores, np.isin(labels, poisoned), poisoned, bool(poisoned), analysis
 
 
-def _mixture_decision(t: np.ndarray, smaller: int, rule: ClusterRule, analysis: dict[str, Any],
-                      poison_centre: int | None = None):  # fmt: skip
+def mixture_flags(t: np.ndarray, rule: ClusterRule, side: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The mixture rules on a 1-D per-sample statistic ``t`` (N,): the class test, then the flags.
+
+    ``side``: +1 where the poisoned mode can only lie at the higher ``t`` (a one-sided test), -1 at
+    the lower, None either. Returns ``(flagged (N,) bool, scores (N,), mixture)``: ``scores`` is
+    ``t`` oriented towards the minority mode where the class is suspicious (else ``t``), and
+    ``mixture`` is :func:`mixture_test`'s record without the posterior, its ``means`` in ``t``'s
+    units, with ``minority_side`` (+1 / -1: where the minority mode lies) and, for
+    ``mixture-tail``, ``tail_threshold`` (in ``t``'s units).
+    """
     mt = mixture_test(t, rule)
     post = mt.pop("posterior")
-    analysis["mixture"] = mt
-    n = len(t)
-    if "means" in mt:  # the k-means centre the minority mode lies towards (t > 0: nearer the smaller cluster)
-        toward_smaller = mt["means"][mt["minority"]] >= mt["means"][1 - mt["minority"]]
-        mt["minority_centre"] = smaller if toward_smaller else 1 - smaller
-        if poison_centre is not None and mt["minority_centre"] != poison_centre and mt["suspicious"]:
+    if "means" in mt:
+        mt["minority_side"] = 1 if mt["means"][mt["minority"]] >= mt["means"][1 - mt["minority"]] else -1
+        if side is not None and mt["minority_side"] != side and mt["suspicious"]:
             mt["suspicious"] = False
-            mt["reason"] = "one-sided test: the minority mode lies towards the centre the poison cannot be nearer"
+            mt["reason"] = "one-sided test: the minority mode lies on the side the poison cannot be"
     if not mt["suspicious"]:
-        flagged = np.zeros(n, dtype=bool)
+        return np.zeros(len(t), dtype=bool), t, mt
+    minority = mt["minority"]
+    m_c = mt["means"][1 - minority]
+    direction = float(mt["minority_side"])
+    t = t * direction  # oriented: higher = towards the poisoned mode
+    if rule.rule == "mixture":
+        flagged = post > 0.5
     else:
-        minority = mt["minority"]
-        m_p, m_c = mt["means"][minority], mt["means"][1 - minority]
-        direction = 1.0 if m_p >= m_c else -1.0
-        t = t * direction  # oriented: higher = towards the poisoned mode
-        if rule.rule == "mixture":
-            flagged = post > 0.5
-        else:
-            clean = t[post <= 0.5]
-            med = float(np.median(clean))
-            side = clean[clean > med] - med  # the clean mode's flank that faces the poison
-            spread = float(np.sqrt(np.mean(side**2))) if len(side) else mt["stds"][1 - minority]
-            flagged = t > med + rule.tail_z * max(spread, 1e-12)
-            analysis["tail_threshold"] = (med + rule.tail_z * spread) * direction
-        flagged &= t > m_c * direction  # never flag the far side of the clean mode
-    labels = np.where(flagged, smaller, 1 - smaller)
-    poisoned = [smaller] if flagged.any() else []
-    return labels, t, flagged, poisoned, bool(flagged.any()), analysis
+        clean = t[post <= 0.5]
+        med = float(np.median(clean))
+        side_dev = clean[clean > med] - med  # the clean mode's flank that faces the poison
+        spread = float(np.sqrt(np.mean(side_dev**2))) if len(side_dev) else mt["stds"][1 - minority]
+        flagged = t > med + rule.tail_z * max(spread, 1e-12)
+        mt["tail_threshold"] = (med + rule.tail_z * spread) * direction
+    flagged &= t > m_c * direction  # never flag the far side of the clean mode
+    return flagged, t, mt
+
+
+def mode_gap(mixture: dict[str, Any]) -> float:
+    """How far the minority mode of :func:`mixture_flags`' ``mixture`` lies above the majority
+    (difference of the mode means, in the statistic's units); -inf where there are no two modes."""
+    if "means" not in mixture:
+        return float("-inf")
+    m = mixture["means"]
+    return float(m[mixture["minority"]] - m[1 - mixture["minority"]])

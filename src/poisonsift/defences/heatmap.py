@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs, _view2d, result_from_distances, two_means_1d
+from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs, _view2d, result_from_distances
 from poisonsift.defences.base import DetectionResult
-from poisonsift.defences.decision import MIXTURE_RULES, ClusterRule
+from poisonsift.defences.decision import MIXTURE_RULES, ClusterRule, mixture_flags, mode_gap
 from poisonsift.errors import ConfigError
 from poisonsift.explain import cached_lrp_heatmaps, point_clouds, pool_heatmaps, relevance_concentration
 from poisonsift.gw import GWKMeansConfig, gw_kmeans, gw_mds
@@ -182,17 +182,13 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
     test, ``analysis["class_test"]`` says which fired; ``focus`` is the GW centre with the more
     concentrated heatmaps, the flagged images' cluster then). A GW-suspicious class whose
     concentration shows one mode keeps the GW flags."""
-    dist, centres = two_means_1d(conc)
-    res = result_from_distances(dist, cfg.rule, None, None, int(np.argmax(centres)) if cfg.one_sided else None)
-    cm = dict(res.analysis.get("mixture", {}))
-    if "means" in cm:  # the mixture's modes in nats: t is linear in the concentration (decide_split's t)
-        small = int(np.argmin(np.bincount(dist.argmin(1), minlength=2)))
-        cs, co = centres[small], centres[1 - small]
-        if cs != co:
-            cm["concentration_means"] = [float((m - (co**2 - cs**2)) / (2 * (cs - co))) for m in cm["means"]]
-    gain = focus_gain(cm)
-    conc_test = bool(res.suspicious and cfg.focus_ratio is not None and gain >= np.log(cfg.focus_ratio))
-    sub.analysis["concentration"] = {**cm, "centres": centres.tolist(), "focus_gain": gain, "class_test": conc_test}
+    # The mixture rules read the concentration itself (nats): its modes' means are log effective
+    # pixel counts, so their gap is the effect size. One-sided: poison is the concentrated side.
+    flagged, _, cm = mixture_flags(conc, cfg.rule, 1 if cfg.one_sided else None)
+    gain = mode_gap(cm)
+    found = bool(flagged.any())  # as decide_split: suspicious where the test flags something
+    conc_test = bool(found and cfg.focus_ratio is not None and gain >= np.log(cfg.focus_ratio))
+    sub.analysis["concentration"] = {**cm, "focus_gain": gain, "class_test": conc_test}
     sub.scores = conc
     if sub.suspicious:
         sub.analysis["class_test"] = "gw"
@@ -203,23 +199,13 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
         poisoned = focus
     else:
         return
-    if res.suspicious:
-        sub.is_poisoned = res.is_poisoned
-        sub.cluster_labels = np.where(res.is_poisoned, poisoned, 1 - poisoned)
+    if found:
+        sub.is_poisoned = flagged
+        sub.cluster_labels = np.where(flagged, poisoned, 1 - poisoned)
         sub.cluster_sizes = np.bincount(sub.cluster_labels, minlength=len(sub.cluster_sizes)).tolist()
-        sub.poisoned_clusters = [poisoned] if res.is_poisoned.any() else []
+        sub.poisoned_clusters = [poisoned] if flagged.any() else []
     else:
         sub.analysis["concentration"]["reason"] = "one mode of concentration: the GW flags stand"
-
-
-def focus_gain(mixture: dict) -> float:
-    """How much more concentrated the concentration mixture's minority mode is than its majority,
-    in nats (the log of the ratio of their effective pixel counts: mode means of the concentration,
-    ``concentration_means``); -inf where the mixture has no two modes."""
-    m = mixture.get("concentration_means")
-    if m is None:
-        return float("-inf")
-    return float(m[mixture["minority"]] - m[1 - mixture["minority"]])
 
 
 def _silhouette_from_centres(dist: np.ndarray, labels: np.ndarray) -> float:
