@@ -53,6 +53,20 @@ def test_report_has_every_table_beside_the_paper(reproduced):
     assert "Seconds per stage" in page and "Seconds per stage" in md
 
 
+def test_results_and_report_say_what_produced_them(reproduced):
+    """The code (version, git commit where there is one) and the training settings travel with the numbers."""
+    import poisonsift
+    from poisonsift.utils import source_commit
+
+    res = json.loads((reproduced / "results.json").read_text())
+    assert res["poisonsift"] == {"version": poisonsift.__version__, "commit": source_commit()}
+    assert [c["epochs"] for c in res["train_configs"]] == [1]  # every tiny run: the cpu preset with TINY_TRAIN
+    assert res["train_configs"][0]["max_steps"] == 3 and res["train_configs"][0]["schedule"] == "onecycle"
+    md = (reproduced / "report.md").read_text()
+    assert f"poisonsift {poisonsift.__version__}, commit {source_commit() or 'unknown'}" in md
+    assert "epochs 1; max_steps 3; batch_size 16; lr 0.002" in md
+
+
 def test_results_and_report_hold_no_absolute_path(reproduced):
     """The reproduction can be published as it is: nothing names the machine it ran on."""
     root = str(reproduced.parent)

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_torch_save",
     "cache_dir",
     "progress",
+    "source_commit",
     "default_device",
     "tune_allocator",
     "auto_batch_size",
@@ -132,6 +133,26 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "poisonsift"
+
+
+def source_commit() -> str | None:
+    """The git commit poisonsift runs from (12 hex digits, ``-dirty`` when tracked files differ
+    from it), for reports that say what produced them; None outside a git checkout or without git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--", ".").returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def progress(**kwargs: Any) -> tqdm:

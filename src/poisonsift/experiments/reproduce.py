@@ -10,11 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from poisonsift import __version__
 from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import make_executor
 from poisonsift.experiments.specs import TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
 from poisonsift.experiments.units import execute_detection, execute_run, execute_surrogate
-from poisonsift.utils import atomic_write_json, cache_dir, config_hash
+from poisonsift.utils import atomic_write_json, cache_dir, config_hash, source_commit
 
 
 def _value(col: Column, row: Row, run_res: dict, dets: dict[str, dict]) -> float | None:
@@ -106,6 +107,16 @@ def _data_file(data: str | None, cache: Path):
     return str(path), fp
 
 
+def _train_configs(run_specs) -> list[dict[str, Any]]:
+    """The distinct training settings of the runs (each run's own seed left out), in order."""
+    out: list[dict[str, Any]] = []
+    for rs in run_specs:
+        cfg = {k: v for k, v in rs.train_config().to_dict().items() if k != "seed"}
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
 def reproduce(
     tables: Sequence[str | TableSpec],
     data: str | None = None,
@@ -180,6 +191,9 @@ def reproduce(
     paper = paper_values()
     res = {
         "preset": preset,
+        # what produced the numbers: the code and the training settings every run started from
+        "poisonsift": {"version": __version__, "commit": source_commit()},
+        "train_configs": _train_configs(runs.values()),
         "executor": ex.name,
         # no absolute paths of this machine: the report can be published as it is. Run and
         # detection paths are relative to the cache, the cache and the data relative to ``out``.

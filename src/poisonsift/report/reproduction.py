@@ -335,6 +335,13 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             f"{res.get('seconds', 0):.0f} s in all; units computed this time: {res.get('computed', {}).get('runs', 0)} runs, "
             f"{res.get('computed', {}).get('detections', 0)} detections of {res.get('computed', {}).get('units', 0)} units. "
             "Rates in percent; Δ = ours - paper (percentage points).")  # fmt: skip
+    made = res.get("poisonsift") or {}
+    if made:
+        meta += f" poisonsift {html.escape(str(made.get('version')))}, commit {html.escape(str(made.get('commit') or 'unknown'))}."
+    shown = ("arch", "epochs", "max_steps", "batch_size", "lr", "schedule", "patience", "bf16")
+    settings = ["; ".join(f"{k} {tc[k]}" for k in shown if tc.get(k) is not None) for tc in res.get("train_configs", [])]
+    if settings:
+        meta += f" Training (each run its own seed): {html.escape(' | '.join(settings))}."
     h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
          f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
     md = [f"# {title}", "", meta.replace("<b>", "**").replace("</b>", "**"), ""]
