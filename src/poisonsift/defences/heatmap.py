@@ -203,7 +203,7 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
         sub.is_poisoned = flagged
         sub.cluster_labels = np.where(flagged, poisoned, 1 - poisoned)
         sub.cluster_sizes = np.bincount(sub.cluster_labels, minlength=len(sub.cluster_sizes)).tolist()
-        sub.poisoned_clusters = [poisoned] if flagged.any() else []
+        sub.poisoned_clusters = [poisoned]
     else:
         sub.analysis["concentration"]["reason"] = "one mode of concentration: the GW flags stand"
 
