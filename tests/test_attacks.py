@@ -112,8 +112,19 @@ def test_amplitude_clips_and_full_amplitude():
 def test_zero_poison_rate_is_clear_error(tiny_data):
     with pytest.raises(ConfigError, match="yields 0 poisoned samples"):
         StandardBackdoor(p=0.01).poison(tiny_data)
-    with pytest.raises(ConfigError, match=r"must be in \(0, 1\)"):
-        StandardBackdoor(p=0.0)
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\)"):
+        StandardBackdoor(p=-0.1)
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\)"):
+        LabelConsistent(p=1.0)
+
+
+def test_p0_is_the_unpoisoned_control(tiny_data):
+    """p = 0 leaves the data as it is (the floor run); LC needs no surrogate for it."""
+    for attack in (StandardBackdoor(p=0.0), LabelConsistent(p=0.0)):
+        pd = attack.poison(tiny_data)
+        assert pd.n_poisoned == 0 and (pd.source_index == -1).all()
+        assert np.array_equal(pd.x_train, tiny_data.x_train) and np.array_equal(pd.y_train, tiny_data.y_train)
+        assert len(attack.asr_images(pd)[0]) > 0
 
 
 def test_too_few_source_images(tiny_data):

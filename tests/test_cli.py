@@ -69,6 +69,29 @@ def test_zero_poison_cli(tiny_data, tmp_path, capsys):
     assert rc == 2 and "yields 0 poisoned samples" in capsys.readouterr().err
 
 
+def test_control_run_p0_measures_the_floor(tiny_data, tmp_path, capsys):
+    """--p 0: the unpoisoned control run; evaluate measures the floor ASR, detect and scan still run."""
+    save_npz(tiny_data, tmp_path / "d.npz")
+    run = tmp_path / "control"
+    s = run_json(capsys, "poison", "--data", str(tmp_path / "d.npz"), "--attack", "standard", "--p", "0",
+                 "--out", str(run))  # fmt: skip
+    assert s["n_poisoned"] == 0 and json.loads((run / "attack.json").read_text())["p"] == 0
+    lc = run_json(capsys, "poison", "--data", str(tmp_path / "d.npz"), "--attack", "label-consistent", "--p", "0",
+                  "--out", str(tmp_path / "lc0"))  # fmt: skip
+    assert lc["n_poisoned"] == 0  # and no surrogate was trained for it
+    assert main(["train", "--run", str(run), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    m = run_json(capsys, "evaluate", "--run", str(run))
+    assert 0 <= m["asr"] <= 1 and 0 < m["clean_accuracy"] <= 1
+    d = run_json(capsys, "detect", "--run", str(run), "--method", "ac")
+    assert d["n_poisoned_true"] == 0 and d["tnr"] == 1 - d["n_flagged"] / d["n"]
+    scan = run_json(capsys, "scan", "--run", str(run), "--method", "ac")
+    assert scan["n_poisoned_true"] == 0 and len(scan["classes"]) == 6
+    assert main(["poison", "--data", str(tmp_path / "d.npz"), "--attack", "standard", "--p", "-0.1",
+                 "--out", str(tmp_path / "neg")]) == 2  # fmt: skip
+    assert "control run" in capsys.readouterr().err
+
+
 def test_corrupt_checkpoint_cli(tiny_data, tmp_path, capsys):
     save_npz(tiny_data, tmp_path / "d.npz")
     run = tmp_path / "r"

@@ -234,8 +234,18 @@ def n_poison_standard(p: float, n_target: int) -> int:
 
 
 def _check_rate(p: float) -> None:
-    if not 0.0 < p < 1.0:
-        raise ConfigError(f"poison rate p must be in (0, 1), got {p}")
+    # p = 0 is the control run: nothing poisoned, the trigger kept so that ASR measures the floor.
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"poison rate p must be in [0, 1) (0: an unpoisoned control run), got {p}")
+
+
+def _control(data: ImageData) -> PoisonedData:
+    """The unpoisoned control run of ``p = 0``: the data as it is, no row poisoned."""
+    n = len(data.y_train)
+    return PoisonedData(
+        data.x_train.copy(), data.y_train.copy(), np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64),
+        data.x_test, data.y_test, list(data.classes), data.group_train,
+    )  # fmt: skip
 
 
 def _check_class(c: int, data: ImageData, what: str) -> None:
@@ -290,6 +300,8 @@ class StandardBackdoor(Attack):
     def poison(self, data: ImageData, seed: int = 0) -> PoisonedData:
         _check_class(self.source_class, data, "source")
         _check_class(self.target_class, data, "target")
+        if self.p == 0:
+            return _control(data)
         rng = np.random.default_rng(seed)
         src = np.flatnonzero(data.y_train == self.source_class)
         n_target = int((data.y_train == self.target_class).sum())
@@ -430,6 +442,8 @@ class LabelConsistent(Attack):
 
     def poison(self, data: ImageData, seed: int = 0) -> PoisonedData:
         _check_class(self.target_class, data, "target")
+        if self.p == 0:
+            return _control(data)  # no surrogate needed
         rng = np.random.default_rng(seed)
         tgt = np.flatnonzero(data.y_train == self.target_class)
         n = int(round(self.p * len(tgt)))

@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--source-class", type=int, default=2, help="standard attack: class to relabel (default 2)")
     po.add_argument("--target-class", type=int, default=5, help="target class (default 5, speed limit 80)")
     po.add_argument("--size", type=int, default=3, help="sticker side in pixels (default 3)")
-    po.add_argument("--p", type=float, default=0.33, help="poisoned share of the target class (default 0.33)")
+    po.add_argument("--p", type=float, default=0.33,
+                    help="poisoned share of the target class (default 0.33; 0: an unpoisoned control run, 'evaluate' then gives the floor ASR)")
     po.add_argument("--amp", type=int, default=255, help="amplitude attack: trigger amplitude (default 255)")
     po.add_argument("--color", default="245,255,0", help="sticker colour R,G,B (default 245,255,0)")
     po.add_argument("--eps", type=float, default=16 / 255, help="PGD ball radius on the [0,1] scale (default 16/255)")

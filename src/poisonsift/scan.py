@@ -28,9 +28,10 @@
    class whose minority is the concentrated one: 0.09).
 
 Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
-``suspicious``, ``outlier_z``, ``class_test``, ``class_test_by``, ``llr``, ``separation``, and with ground truth ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
+``suspicious``, ``outlier_z``, ``class_test``, ``class_test_by``, ``llr``, ``separation``, ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
 ``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run), and
-where the run has ground truth ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
+the ground truth's ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set - every run holds it, a
+control run of ``p = 0`` with no poisoned image included) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
 ``cluster_labels`` for every training image; scores are comparable within a class only).
 """
 
@@ -195,8 +196,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
              "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
              "separation": r["mixture"].get("separation"), "llr": r["llr"], "class_test_by": r["class_test_by"],
              "concentrated": r["mixture"].get("concentrated"), "seconds": r["seconds"]}  # fmt: skip
-        if pd.poison_mask.any():
-            e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
+        e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
         entries.append(e)
     for c in classes:
         if int(c) not in big:
@@ -217,9 +217,9 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         "executor": ex.name,
         "features": os.path.relpath(feats, run),  # the heatmaps / activations, for the report
     }
-    if pd.poison_mask.any():
-        m = detection_metrics(pd.poison_mask, flagged)
-        summary.update(n_poisoned_true=int(pd.poison_mask.sum()), tpr=m["tpr"], tnr=m["tnr"])
+    # Every run holds its ground truth (poisoned.npz), a control run (p = 0) or a cleaned run included.
+    m = detection_metrics(pd.poison_mask, flagged)
+    summary.update(n_poisoned_true=int(pd.poison_mask.sum()), tpr=m["tpr"], tnr=m["tnr"])
     summary["seconds"]["total"] = time.perf_counter() - t0
     atomic_write_npz(run / "scan.npz", rows=np.arange(n), scores=scores, is_poisoned=flagged, cluster_labels=labels)
     atomic_write_json(run / "scan.json", summary)
