@@ -43,8 +43,12 @@ def positive_share(heatmaps: np.ndarray, window: int | None) -> np.ndarray:
 def statistics(heatmaps: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image statistics, higher = more concentrated (shares on a log scale, as the entropy)."""
     out = {"concentration": relevance_concentration(heatmaps)}
+    n_pix = heatmaps.shape[-2] * heatmaps.shape[-1]
     for name, w in (("top-9 share", None), ("3x3 window share", 3), ("5x5 window share", 5)):
-        out[name] = np.log(positive_share(heatmaps, w) + 1e-12)
+        # A heatmap with no positive relevance has share 0; floor it at the uniform map's share
+        # (least concentrated), not at log(1e-12), which made a far mode of its own.
+        floor = (9 if w is None else w * w) / n_pix
+        out[name] = np.log(np.maximum(positive_share(heatmaps, w), floor))
     return out
 
 
