@@ -173,6 +173,9 @@ def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):
     assert again["computed"] == {"runs": 0, "detections": 0, "units": 6}
     assert again["tables"] == first["tables"]
     assert again["seconds"] < 30
+    # the cost of the units is carried from their records, so a report from the cache still tells it
+    assert again["unit_seconds"] == first["unit_seconds"] and first["unit_seconds"]["runs"] > 0
+    assert first["unit_seconds"]["detections"] > 0
 
     # A changed parameter misses: one more detection, the runs are reused.
     more = ex.reproduce([tiny_table(detections=("AC", "PCA"))] + [TableSpec(

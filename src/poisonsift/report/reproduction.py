@@ -335,6 +335,10 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             f"{res.get('seconds', 0):.0f} s in all; units computed this time: {res.get('computed', {}).get('runs', 0)} runs, "
             f"{res.get('computed', {}).get('detections', 0)} detections of {res.get('computed', {}).get('units', 0)} units. "
             "Rates in percent; Δ = ours - paper (percentage points).")  # fmt: skip
+    if "unit_seconds" in res:
+        us = res["unit_seconds"]
+        meta += (f" The units took {us['runs'] + us['detections']:.0f} s when computed (runs {us['runs']:.0f} s, "
+                 f"detections {us['detections']:.0f} s; summed over units, which overlap with --jobs).")  # fmt: skip
     made = res.get("poisonsift") or {}
     if made:
         meta += f" poisonsift {html.escape(str(made.get('version')))}, commit {html.escape(str(made.get('commit') or 'unknown'))}."
