@@ -25,6 +25,7 @@ def test_pipeline_end_to_end(tiny_data, tmp_path, capsys):
     assert json.loads((run / "attack.json").read_text())["trigger"]["color"] == [245, 255, 0]
     t = run_json(capsys, "train", "--run", str(run), "--epochs", "1")
     assert t["epochs_run"] == 1 and (run / "model.pt").is_file() and (run / "train.json").is_file()
+    assert json.loads((run / "train.json").read_text())["bf16_used"] in (True, False)
     m = run_json(capsys, "evaluate", "--run", str(run))
     assert 0 <= m["clean_accuracy"] <= 1 and 0 <= m["asr"] <= 1
     assert json.loads((run / "metrics.json").read_text()) == m

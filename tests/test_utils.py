@@ -27,3 +27,26 @@ def test_auto_batch_keeps_the_largest_activation_under_the_mmap_threshold():
     wide = nn.Sequential(nn.Conv2d(3, 4096, 3, padding=1), nn.Flatten(), nn.Linear(4096 * 32 * 32, 2)).eval()
     assert auto_batch_size(wide, x) == 1  # 16 MiB per image: one at a time, never zero
     assert auto_batch_size(small, x, cap=16) == 16
+
+
+def test_bfloat16_pays_only_with_amx_on_cpu(monkeypatch, tmp_path):
+    """AVX512-BF16 alone computes bfloat16 natively but trains slower than float32: only AMX pays."""
+    import builtins
+
+    from poisonsift import utils
+    from poisonsift.training import uses_bf16
+
+    real_open = builtins.open
+
+    def cpu_with(flags):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+
+    cpu_with("avx512f avx512_bf16")
+    assert utils.native_bfloat16("cpu") is True and utils.bfloat16_pays("cpu") is False
+    assert uses_bf16("cpu", True) is False
+    cpu_with("avx512_bf16 amx_tile amx_bf16")
+    assert utils.bfloat16_pays("cpu") is True and uses_bf16("cpu", True) is True and uses_bf16("cpu", False) is False
+    cpu_with("avx2 fma")
+    assert utils.native_bfloat16("cpu") is False and uses_bf16("cpu", True) is False

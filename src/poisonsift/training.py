@@ -4,10 +4,10 @@ Presets (:data:`PRESETS`):
 
 * ``paper`` - the paper's schedule for a GPU: at most 100 epochs, early stopping
   with patience 20 on validation loss, Adam lr 1e-4, batch 32, constant lr.
-* ``cpu`` - all of GTSRB on 2 CPU cores in about 9 minutes with native bfloat16 (about 35
-  without it, fp32 on a 2-core AVX2 EPYC: 68 images/s, measured): 4 epochs,
-  batch 64, Adam with a one-cycle schedule peaking at 2e-3, bf16 autocast and
-  channels_last. See :data:`PRESETS` for why the augmentation is milder and
+* ``cpu`` - all of GTSRB on 2 CPU cores in about 9 minutes on a Xeon with AMX (bfloat16;
+  about 35 in float32 on a 2-core AVX2 EPYC: 68 images/s, measured): 4 epochs,
+  batch 64, Adam with a one-cycle schedule peaking at 2e-3, bf16 autocast where it pays
+  (:func:`uses_bf16`: CUDA or AMX; float32 elsewhere) and channels_last. See :data:`PRESETS` for why the augmentation is milder and
   why 4 epochs.
 
 Speed (measured on 2 EPYC cores, ``benchmarks/train_throughput.py``): bf16
@@ -47,6 +47,7 @@ __all__ = [
     "model_inputs",
     "save_checkpoint",
     "load_checkpoint",
+    "uses_bf16",
 ]
 
 CHECKPOINT_FORMAT = "poisonsift-model/1"
@@ -164,14 +165,18 @@ class TrainResult:
     stopped_early: bool
 
 
-def _autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast where the device computes it natively. Without AVX512-BF16 / AMX a CPU
-    emulates bfloat16: measured on a 2-core AVX2 machine, the ``cpu`` preset trained at 3 images/s
-    with it against ~100 without, so ``bf16=True`` means "where native" (see utils.native_bfloat16)."""
-    from poisonsift.utils import native_bfloat16
+def uses_bf16(device: torch.device | str, enabled: bool) -> bool:
+    """Whether a config's ``bf16=enabled`` trains in bfloat16 on ``device``: only where it pays
+    (:func:`poisonsift.utils.bfloat16_pays`: CUDA, or a CPU with AMX). Elsewhere float32, which
+    is faster there; ``train.json`` records which (``bf16_used``), as the two round differently."""
+    from poisonsift.utils import bfloat16_pays
 
-    enabled = enabled and native_bfloat16(device) is not False
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return bool(enabled) and bfloat16_pays(device) is not False
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast where :func:`uses_bf16` says it pays, else a no-op context."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=uses_bf16(device, enabled))
 
 
 def model_inputs(model: nn.Module, images: np.ndarray, normalizer: Normalizer | None, batch_size: int | None = None,
