@@ -81,6 +81,11 @@ def test_paper_tables_match_the_paper():
     t1 = ex.build_table("1")
     assert [r.label["p"] for r in t1.rows] == [33, 15, 10, 5, 2]
     assert {r.runs[0].attack.kind for r in t1.rows} == {"standard"}
+    # the cpu preset's 2 % row trains longer (ex.CPU_LOW_RATE_EPOCHS); an explicit override wins
+    assert [r.runs[0].train_config().epochs for r in t1.rows] == [4, 4, 4, 4, ex.CPU_LOW_RATE_EPOCHS]
+    assert {r.runs[0].train_config().epochs for r in ex.build_table("1", train={"epochs": 2}).rows} == {2}
+    assert {r.runs[0].train_config().epochs for r in ex.build_table("2").rows} == {4}
+    assert {r.runs[0].train_config().epochs for r in ex.build_table("1", preset="paper").rows} == {100}
     t5 = ex.build_table("5", repeats=3)
     assert [len(r.runs) for r in t5.rows] == [3, 3]
     assert len({rs.seed for rs in t5.rows[0].runs}) == 3  # new images and trigger places per repeat

@@ -34,6 +34,7 @@ from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import LocalExecutor, RayExecutor, make_executor
 from poisonsift.experiments.reproduce import assemble, reproduce, resolve_result_path
 from poisonsift.experiments.specs import (
+    CPU_LOW_RATE_EPOCHS,
     TABLES,
     AttackSpec,
     Column,
@@ -53,6 +54,7 @@ __all__ = [
     "Row",
     "TableSpec",
     "TABLES",
+    "CPU_LOW_RATE_EPOCHS",
     "build_table",
     "paper_values",
     "reproduce",

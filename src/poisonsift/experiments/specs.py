@@ -187,6 +187,13 @@ def _ac_hc_ss(seed: int = 0) -> dict[str, DetectSpec]:
 
 PAPER_P = (0.33, 0.15, 0.10, 0.05, 0.02)
 
+#: Epochs of the ``cpu`` preset for the standard attack at p <= 2 % (Table 1's last row), where 4
+#: epochs show each of the 38 poisoned images too few times for the backdoor to be learned.
+#: Measured (real GTSRB, seed 0, 2-core Xeon with AMX): ASR 0.728 at 4 epochs - HC rightly calls
+#: the class clean, TPR 0 - and ASR 0.884 at 6, where HC finds 37 of the 38 (TPR 0.974, TNR 0.998).
+#: An explicit ``train={"epochs": ...}`` wins; other presets and attacks keep their epochs.
+CPU_LOW_RATE_EPOCHS = 6
+
 
 def build_table(name: str, preset: str = "cpu", repeats: int | None = None, train: dict[str, Any] | None = None,
                 ps: Sequence[float] | None = None) -> TableSpec:  # fmt: skip
@@ -202,7 +209,10 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
 
     def run(kind: str, p: float, seed: int = 0, **kw) -> RunSpec:
-        return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=train)
+        over = train
+        if preset == "cpu" and kind == "standard" and p <= 0.02 and "epochs" not in train:
+            over = {**train, "epochs": CPU_LOW_RATE_EPOCHS}
+        return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=over)
 
     det = _ac_hc_ss()
     cols = [*_rates("AC", "AC"), *_rates("AC*", "AC*"), *_rates("HC", "HC"), *_rates("SS", "SS")]
