@@ -238,6 +238,16 @@ def auto_batch_size(model: torch.nn.Module, sample: torch.Tensor, cap: int = 64)
     return max(1, min(cap, (_MMAP_LIMIT - 4096) // max(largest[0], 1)))
 
 
+def _cpu_flags() -> list[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return flags or None
+
+
 def native_bfloat16(device) -> bool | None:
     """Whether ``device`` computes bfloat16 convolutions natively (None: cannot tell).
 
@@ -250,12 +260,8 @@ def native_bfloat16(device) -> bool | None:
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags if flags else None
+    flags = _cpu_flags()
+    return None if flags is None else ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def bfloat16_pays(device) -> bool | None:
@@ -264,14 +270,12 @@ def bfloat16_pays(device) -> bool | None:
     CUDA: where bfloat16 is supported. CPU: only with AMX-BF16 (the tile unit): measured with the
     ``cpu`` preset's step (SmallInception, batch 64, channels_last, one thread), a Xeon with
     AVX512-BF16 but no AMX trained 1.33x *slower* in bfloat16 than in float32 (22-24 against
-    30-31 images/s), a 2-core AVX2 EPYC 30x slower (emulated), a Xeon with AMX ~2x faster.
+    30-31 images/s) and a 2-core AVX2 EPYC 15x slower (emulated: 3 against ~45 images/s); a Xeon
+    with AMX trained the ``cpu`` preset in bfloat16 in 810-841 s a model, the fastest CPU we measured
+    (no float32 run on it to compare).
     """
     device = torch.device(device)
     if device.type != "cpu":
         return native_bfloat16(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return None
-    return "amx_bf16" in flags if flags else None
+    flags = _cpu_flags()
+    return None if flags is None else "amx_bf16" in flags
