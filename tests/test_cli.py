@@ -85,7 +85,7 @@ def test_control_run_p0_measures_the_floor(tiny_data, tmp_path, capsys):
     m = run_json(capsys, "evaluate", "--run", str(run))
     assert 0 <= m["asr"] <= 1 and 0 < m["clean_accuracy"] <= 1
     d = run_json(capsys, "detect", "--run", str(run), "--method", "ac")
-    assert d["n_poisoned_true"] == 0 and d["tnr"] == 1 - d["n_flagged"] / d["n"]
+    assert d["n_poisoned_true"] == 0 and d["tnr"] == pytest.approx(1 - d["n_flagged"] / d["n"])
     scan = run_json(capsys, "scan", "--run", str(run), "--method", "ac")
     assert scan["n_poisoned_true"] == 0 and len(scan["classes"]) == 6
     assert main(["poison", "--data", str(tmp_path / "d.npz"), "--attack", "standard", "--p", "-0.1",
