@@ -97,7 +97,8 @@ def cmd_poison(args: argparse.Namespace) -> None:
     s = poison_run(data, attack, args.out, seed=args.seed)
     _emit(args, {**s, "out": str(args.out)},
           f"{args.attack}: {s['n_poisoned']} poisoned images, {s['poison_share']:.1%} of target class "
-          f"{attack.target_class} ({s['target_class_size']} images) -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
+          f"{attack.target_class} ({s['target_class_size']} images) -> {Path(args.out) / 'poisoned.npz'}"
+          + ("; a control run: train and evaluate it for the floor ASR" if s["n_poisoned"] == 0 else ""))  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> None:
