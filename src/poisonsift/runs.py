@@ -33,7 +33,6 @@ from poisonsift.training import (
     predict,
     save_checkpoint,
     train,
-    uses_bf16,
 )
 from poisonsift.utils import atomic_write_json, atomic_write_npz, cache_dir, config_hash, default_device
 
@@ -148,7 +147,7 @@ def train_run(run: str | os.PathLike, cfg: TrainConfig, device=None, on_epoch=No
         "val_acc": res.history[res.best_epoch - 1]["val_acc"],
         "train_acc": last["train_acc"],
         "device": str(device or default_device()),
-        "bf16_used": uses_bf16(device or default_device(), cfg.bf16),
+        "bf16_used": res.bf16_used,
         "config": cfg.to_dict(),
         "history": res.history,
     }

@@ -163,6 +163,7 @@ class TrainResult:
     best_epoch: int
     seconds: float
     stopped_early: bool
+    bf16_used: bool = False  # whether the steps ran in bfloat16 autocast (:func:`uses_bf16`)
 
 
 def uses_bf16(device: torch.device | str, enabled: bool) -> bool:
@@ -339,7 +340,8 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, normalizer, history, best_epoch, time.perf_counter() - t0, stopped_early)
+    return TrainResult(model, normalizer, history, best_epoch, time.perf_counter() - t0, stopped_early,
+                       uses_bf16(device, cfg.bf16))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, normalizer: Normalizer, arch: str | None = None) -> None:
