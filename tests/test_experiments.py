@@ -81,10 +81,15 @@ def test_paper_tables_match_the_paper():
     t1 = ex.build_table("1")
     assert [r.label["p"] for r in t1.rows] == [33, 15, 10, 5, 2]
     assert {r.runs[0].attack.kind for r in t1.rows} == {"standard"}
-    # the cpu preset's 2 % row trains longer (ex.CPU_LOW_RATE_EPOCHS); an explicit override wins
-    assert [r.runs[0].train_config().epochs for r in t1.rows] == [4, 4, 4, 4, ex.CPU_LOW_RATE_EPOCHS]
+    # the cpu preset's rare backdoors train longer (ex.CPU_LOW_RATE_EPOCHS); an explicit override wins
+    low_std, low_lc = ex.CPU_LOW_RATE_EPOCHS[("standard", 0.02)], ex.CPU_LOW_RATE_EPOCHS[("label-consistent", 0.05)]
+    assert low_std > 4 and low_lc > 4
+    assert [r.runs[0].train_config().epochs for r in t1.rows] == [4, 4, 4, 4, low_std]
     assert {r.runs[0].train_config().epochs for r in ex.build_table("1", train={"epochs": 2}).rows} == {2}
-    assert {r.runs[0].train_config().epochs for r in ex.build_table("2").rows} == {4}
+    assert [r.runs[0].train_config().epochs for r in ex.build_table("2").rows] == [4, 4, 4, low_lc, low_lc]
+    t2 = ex.build_table("2")  # one surrogate for every row, whatever the row's own epochs
+    assert len({r.runs[0].surrogate_config().to_dict()["epochs"] for r in t2.rows}) == 1
+    assert ex.cpu_low_rate_epochs("amplitude", 0.02) is None and ex.cpu_low_rate_epochs("standard", 0.05) is None
     assert {r.runs[0].train_config().epochs for r in ex.build_table("1", preset="paper").rows} == {100}
     t5 = ex.build_table("5", repeats=3)
     assert [len(r.runs) for r in t5.rows] == [3, 3]
@@ -277,6 +282,40 @@ def test_local_jobs_give_the_serial_results(tmp_path, tiny_npz):
     assert pooled["computed"] == serial["computed"] and pooled["computed"]["runs"] == len(table.rows)
     for a, b in zip(serial["tables"]["1"]["rows"], pooled["tables"]["1"]["rows"]):
         assert a["ours"] == b["ours"]  # 1 thread per unit either way: bit-identical numbers
+
+
+def test_surrogates_train_beside_the_runs_that_need_none(tmp_path, tiny_npz):
+    seen = []
+
+    class Recording(ex.LocalExecutor):
+        def map(self, fn, tasks, gpu=None, desc=""):
+            seen.append((desc, [(t["unit"], t["spec"]["attack"]["kind"], t["spec"]["train"]["epochs"]) for t in tasks
+                                if "unit" in t]))  # fmt: skip
+            return super().map(fn, tasks, gpu, desc)
+
+    rows = [Row({"p": 33}, [RunSpec(AttackSpec("standard", 0.33), train=TINY_TRAIN)]),
+            Row({"p": 34}, [RunSpec(AttackSpec("label-consistent", 0.33), train=TINY_TRAIN)]),
+            Row({"p": 20}, [RunSpec(AttackSpec("standard", 0.2), train={**TINY_TRAIN, "epochs": 2})])]  # fmt: skip
+    table = TableSpec("x", "t", "p", rows, [Column("ASR", "metrics", "asr")], {})
+    res = ex.reproduce([table], data=tiny_npz, out=tmp_path / "o", cache=tmp_path / "c", report=False,
+                       executor=Recording(1))  # fmt: skip
+    # stage 1: the surrogate beside the standard runs, longest training first; stage 2: the runs on it
+    assert seen[0] == ("surrogates and runs", [("run", "standard", 2), ("surrogate", "label-consistent", 1),
+                                               ("run", "standard", 1)])  # fmt: skip
+    assert seen[1] == ("runs on a surrogate", [("run", "label-consistent", 1)])
+    assert res["computed"]["runs"] == 3
+    assert all(0 <= r["ours"]["ASR"] <= 100 for r in res["tables"]["x"]["rows"])
+
+
+def test_cli_poison_shares(capsys, tiny_npz):
+    from poisonsift.cli import build_parser
+
+    args = build_parser().parse_args(["reproduce", "--table", "1,2", "--p", "0.05,0.02"])
+    assert args.p == [0.05, 0.02]
+    assert [r.label["p"] for r in ex.build_table("2", ps=args.p).rows] == [5, 2]
+    assert main(["reproduce", "--table", "1", "--p", "5", "--data", tiny_npz]) == 2
+    err = capsys.readouterr().err
+    assert "poison shares in (0, 1)" in err and "Traceback" not in err
 
 
 def test_jobs_validation():

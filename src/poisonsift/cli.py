@@ -167,6 +167,16 @@ def _tables_arg(text: str) -> list[str]:
     return names
 
 
+def _shares_arg(text: str) -> list[float]:
+    try:
+        ps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        ps = []
+    if not ps or not all(0.0 < p < 1.0 for p in ps):
+        raise argparse.ArgumentTypeError(f"expected poison shares in (0, 1) joined by commas (e.g. 0.05,0.02), got {text!r}")
+    return ps
+
+
 def _detection_row(d: dict[str, Any]) -> str:
     return (f"{d['method']:<9} {d['n']:>6} {d['n_poisoned_true']:>6} {d['n_flagged']:>6} "
             f"{d['acc']:>6.4f} {d['tpr']:>6.4f} {d['tnr']:>6.4f} {d['auroc']:>6.4f} {sum(d['seconds'].values()):>8.1f}")
@@ -316,6 +326,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
         train={k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v and v != "small-inception"} or None,
+        ps=args.p,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]
@@ -499,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--repeats", type=int, default=None, help="table 5: repeats per p (default 10)")
     rp.add_argument("--epochs", type=int, default=None,
                     help="override the preset's epochs for every training (a quicker, smaller reproduction)")
+    rp.add_argument("--p", type=_shares_arg, default=None, metavar="P[,P...]",
+                    help="tables 1, 2, 5: only these poison shares (fractions, e.g. 0.05,0.02) instead of the paper's")
     add_arch(rp)
     rp.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB or the cache)")
     rp.add_argument("--out", default="runs/reproduce", help="where results.json and the report go")

@@ -42,6 +42,7 @@ from poisonsift.experiments.specs import (
     RunSpec,
     TableSpec,
     build_table,
+    cpu_low_rate_epochs,
     paper_values,
 )
 from poisonsift.experiments.units import execute_detection, execute_run, execute_surrogate, run_dir
@@ -55,6 +56,7 @@ __all__ = [
     "TableSpec",
     "TABLES",
     "CPU_LOW_RATE_EPOCHS",
+    "cpu_low_rate_epochs",
     "build_table",
     "paper_values",
     "reproduce",

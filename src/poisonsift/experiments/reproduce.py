@@ -14,7 +14,7 @@ from poisonsift import __version__
 from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import make_executor
 from poisonsift.experiments.specs import TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
-from poisonsift.experiments.units import execute_detection, execute_run, execute_surrogate
+from poisonsift.experiments.units import execute_detection, execute_training
 from poisonsift.utils import atomic_write_json, cache_dir, config_hash, source_commit
 
 
@@ -139,19 +139,21 @@ def reproduce(
     threads: int | None = None,
     report: bool = True,
     train: dict[str, Any] | None = None,
+    ps: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Run (or find in the cache) every unit the tables need and write ``OUT/results.json``
     (and, with ``report``, ``OUT/report.html`` / ``report.md``).
 
     ``tables``: names (``"1"``..``"5"``, ``"fig6"``, ``"sizes"``, ``"all"``) or
-    :class:`TableSpec` objects. ``cache`` defaults to ``$POISONSIFT_CACHE/experiments``,
+    :class:`TableSpec` objects; ``ps``: poison shares (fractions) for the tables with a ``p`` row
+    (1, 2, 5) instead of the paper's, e.g. to run only the rows a cache lacks. ``cache`` defaults to ``$POISONSIFT_CACHE/experiments``,
     shared by every output folder. Returns the results dict.
     """
     t0 = time.perf_counter()
     names: list[str | TableSpec] = []
     for t in tables:
         names.extend(TABLES if t == "all" else [t])
-    specs = [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train) for t in names]
+    specs = [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps) for t in names]
     out = Path(out)
     cache = Path(cache) if cache is not None else cache_dir() / "experiments"
     cache.mkdir(parents=True, exist_ok=True)
@@ -173,13 +175,18 @@ def reproduce(
     for rs in runs.values():
         if rs.attack.needs_surrogate:
             surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
-    if surrogates:
-        ex.map(execute_surrogate, [{**base, "spec": rs.to_dict()} for rs in surrogates.values()],
-               [rs.wants_gpu for rs in surrogates.values()], desc="surrogates")  # fmt: skip
+    # Two stages: the surrogates with every run that needs none, then the runs that need one.
+    # Longest trainings first in each, so that with several jobs no worker waits on a long tail.
     run_list = list(runs.items())
-    results = ex.map(execute_run, [{**base, "spec": rs.to_dict()} for _, rs in run_list],
-                     [rs.wants_gpu for _, rs in run_list], desc="runs")  # fmt: skip
-    run_results = {k: r for (k, _), r in zip(run_list, results)}
+    first = [("surrogate", rs.surrogate_config().epochs, None, rs) for rs in surrogates.values()]
+    first += [("run", rs.train_config().epochs, k, rs) for k, rs in run_list if not rs.attack.needs_surrogate]
+    second = [("run", rs.train_config().epochs, k, rs) for k, rs in run_list if rs.attack.needs_surrogate]
+    run_results: dict[str, Any] = {}
+    for stage, desc in ((first, "surrogates and runs"), (second, "runs on a surrogate")):
+        stage.sort(key=lambda u: -u[1])
+        out_stage = ex.map(execute_training, [{**base, "unit": u, "spec": rs.to_dict()} for u, _, _, rs in stage],
+                           [rs.wants_gpu for *_, rs in stage], desc=desc)  # fmt: skip
+        run_results.update({k: r for (u, _, k, _), r in zip(stage, out_stage) if u == "run"})
 
     det_units: dict[tuple[str, str], tuple[RunSpec, DetectSpec]] = {}
     for ts in specs:

@@ -116,3 +116,10 @@ def execute_detection(task: dict[str, Any]) -> dict[str, Any]:
             return {**res, "path": str(path), "computed": False}
     res = detect_run(task["dir"], spec, device=task.get("device"), out=path, extra={"spec": spec.to_dict()})
     return {**res, "path": str(path), "computed": True}
+
+
+def execute_training(task: dict[str, Any]) -> Any:
+    """A surrogate (``task["unit"] == "surrogate"``) or a run: one stage can mix both, so the
+    runs that need no surrogate train beside the surrogates instead of after them."""
+    return execute_surrogate(task) if task.get("unit") == "surrogate" else execute_run(task)
+

@@ -29,11 +29,21 @@ window.addEventListener('load', function () {
 
 
 def savefig(fig, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
+    """Save a matplotlib figure as PNG atomically and close it.
+
+    The PNG is quantised to a 256-colour palette (Pillow, matplotlib's own dependency): a plot has
+    few colours, and the file is a third of the RGBA one (a 4-panel scatter: 298 -> 97 kB), so a
+    published report with every table's figures stays small.
+    """
     import io
 
+    from PIL import Image
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+    img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    buf = io.BytesIO()
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, format="png", optimize=True)
     atomic_write_bytes(path, buf.getvalue())
     import matplotlib.pyplot as plt
 
