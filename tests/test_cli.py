@@ -129,8 +129,10 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
                    "--lrp-precision", "bfloat16", "--rule", "smaller", "--view-samples", "0")  # fmt: skip
     assert egb["lrp_precision"] == "bfloat16" and egb["config"]["lrp_rule"] == "epsilon-gamma-box"
     assert egb["rule"] == "smaller" and egb["n_flagged"] == min(egb["cluster_sizes"])
-    assert main(["detect", "--run", str(run), "--method", "hc", "--lrp-precision", "bfloat16"]) == 2
-    assert "paper LRP rule runs in float32" in capsys.readouterr().err
+    low = run_json(capsys, "detect", "--run", str(run), "--method", "hc", "--lrp-precision", "bfloat16", "--view-samples", "0")
+    assert low["lrp_precision"] == "bfloat16" and low["config"]["lrp_rule"] == "paper"
+    assert main(["detect", "--run", str(run), "--method", "hc", "--lrp-precision", "fp8"]) == 2
+    assert "fp8" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--layer", "nope"]) == 2
     assert "valid layer names" in capsys.readouterr().err
     assert main(["detect", "--run", str(run), "--method", "ac", "--class", "40"]) == 2
@@ -144,6 +146,10 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     assert {"clean_accuracy", "asr", "n_poisoned", "detection"} <= set(d)
     assert [x["method"] for x in d["detection"]] == ["ac", "hc"]
     assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 36
+    from poisonsift.utils import bfloat16_pays, default_device
+
+    # --lrp-precision auto (the demo's default) resolves to a real precision before it is keyed
+    assert d["detection"][1]["lrp_precision"] == ("bfloat16" if bfloat16_pays(default_device()) else "float32")
     for name in ("poisoned.npz", "attack.json", "model.pt", "train.json", "metrics.json", "detection-ac.json",
                  "scan.json", "scan.npz", "scan-report.html", "scan-report.md", "figures/scan-evidence.png"):
         assert (tmp_path / "demo" / name).is_file()

@@ -139,5 +139,21 @@ def test_unknown_rule_and_precision_are_clear(tiny_data):
     m = SmallInception(num_classes=6).eval()
     with pytest.raises(ConfigError, match="unknown LRP rule 'zbox'"):
         lrp_heatmaps(m, tiny_data.x_train[:2], tiny_data.y_train[:2], rule="zbox")
-    with pytest.raises(ConfigError, match="paper rule is float32"):
-        lrp_heatmaps(m, tiny_data.x_train[:2], tiny_data.y_train[:2], rule="paper", precision="bfloat16")
+    with pytest.raises(ConfigError, match="unknown LRP precision 'fp8'"):
+        lrp_heatmaps(m, tiny_data.x_train[:2], tiny_data.y_train[:2], rule="paper", precision="fp8")
+
+
+def test_paper_rule_in_bfloat16_stays_close_to_float32(tiny_data):
+    m = SmallInception(num_classes=6).eval()
+    norm = Normalizer((0.5,) * 3, (0.25,) * 3)
+    x, y = tiny_data.x_train[:8], tiny_data.y_train[:8]
+    ref = lrp_heatmaps(m, x, y, norm, rule="paper")
+    low = lrp_heatmaps(m, x, y, norm, rule="paper", precision="bfloat16")
+    assert not np.array_equal(low, ref)  # the products did run in bfloat16
+    peak = np.abs(ref).max((1, 2), keepdims=True)
+    err = np.abs(low - ref) / peak
+    assert np.median(err) < 5e-3 and err.max() < 5e-2
+    # relevance is still conserved to bfloat16 precision: each map sums to about its logit
+    assert np.allclose(low.sum((1, 2)), ref.sum((1, 2)), rtol=3e-2)
+    # and the cache keeps the two apart
+    assert _fingerprint(m, x, y, norm, "bfloat16", "paper") != _fingerprint(m, x, y, norm, "float32", "paper")

@@ -106,8 +106,6 @@ class HCConfig:
             raise ConfigError(f"grid must be >= 2 pixels, got {self.grid}")
         if self.focus_ratio is not None and self.focus_ratio <= 1:
             raise ConfigError(f"focus_ratio must be > 1 (or None: no concentration class test), got {self.focus_ratio}")
-        if self.lrp_rule == "paper" and self.lrp_precision != "float32":
-            raise ConfigError("the paper LRP rule runs in float32; bfloat16 is for --lrp-rule epsilon-gamma-box")
 
 
 class HeatmapClustering(_Base):

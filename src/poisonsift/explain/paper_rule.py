@@ -77,10 +77,12 @@ class _PaperLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, z, module, eps, exponent):
+    def forward(ctx, x, z, module, eps, exponent, dtype):
         x2 = _power(x, exponent)
-        w2 = _power(module.weight, exponent)
-        z2 = module._conv_forward(x2, w2, None) if isinstance(module, nn.Conv2d) else nn.functional.linear(x2, w2)
+        w2 = _power(module.weight, exponent).to(dtype)
+        xc = x2.to(dtype)
+        z2 = module._conv_forward(xc, w2, None) if isinstance(module, nn.Conv2d) else nn.functional.linear(xc, w2)
+        z2 = z2.to(x.dtype)  # the denominator in the layer's precision, whatever the products' precision
         den = z2.add_(eps) if exponent % 2 == 0 else safe_inverse(z2, eps).reciprocal_()
         ctx.save_for_backward(x2, den, w2)
         ctx.module = module
@@ -89,9 +91,9 @@ class _PaperLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, rel):
         x2, den, w2 = ctx.saved_tensors
-        s = rel / den
+        s = (rel / den).to(w2.dtype)
         r = _input_grad(ctx.module, w2, s, x2.shape) if isinstance(ctx.module, nn.Conv2d) else s @ w2
-        return r.mul_(x2), None, None, None, None
+        return r.to(x2.dtype).mul_(x2), None, None, None, None, None
 
 
 class _PassThrough(torch.autograd.Function):
@@ -106,9 +108,14 @@ class _PassThrough(torch.autograd.Function):
         return rel, None
 
 
-def fast_paper_rule(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
-    """The paper's rule for a Conv2d or Linear layer as a custom autograd function (zennit hook template)."""
-    return output_hook(lambda module, x, out: _PaperLinear.apply(x, out.detach(), module, epsilon, exponent))
+def fast_paper_rule(epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT, dtype: torch.dtype = torch.float32):
+    """The paper's rule for a Conv2d or Linear layer as a custom autograd function (zennit hook template).
+
+    ``dtype``: precision of the rule's two extra products (x^2 W^2 and the transposed one, 2/3 of
+    LRP's convolution work); the network's forward pass, the denominators and the final product
+    with x^2 stay in the layer's precision. bfloat16 pays on a CPU with AMX (see :func:`lrp_heatmaps`).
+    """
+    return output_hook(lambda module, x, out: _PaperLinear.apply(x, out.detach(), module, epsilon, exponent, dtype))
 
 
 def residual_canonizers() -> list:
@@ -120,14 +127,16 @@ def residual_canonizers() -> list:
     return [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
 
 
-def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT):
+def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent: int = PAPER_EXPONENT,
+                    dtype: torch.dtype = torch.float32):  # fmt: skip
     """A zennit composite of the paper's rule: Conv2d / Linear / average pooling / residual sums
     by the rule, BatchNorm passed.
 
     ``fast``: Conv2d and Linear through :func:`fast_paper_rule` (the same relevance, fewer
     products); pooling and sums always take the plain :func:`paper_epsilon`. A residual sum
     a + b is the linear layer with unit weights, so the rule splits its relevance in the ratio
-    a^2 : b^2 (relevance is conserved through the block).
+    a^2 : b^2 (relevance is conserved through the block). ``dtype``: see :func:`fast_paper_rule`
+    (``fast`` only).
     """
     from zennit.composites import LayerMapComposite
     from zennit.layer import Sum
@@ -135,7 +144,7 @@ def paper_composite(fast: bool = True, epsilon: float = PAPER_EPSILON, exponent:
 
     plain = paper_epsilon(epsilon, exponent)
     layer_map = [
-        ((nn.Conv2d, nn.Linear), fast_paper_rule(epsilon, exponent) if fast else plain),
+        ((nn.Conv2d, nn.Linear), fast_paper_rule(epsilon, exponent, dtype) if fast else plain),
         ((nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum), plain),
         ((nn.modules.batchnorm._BatchNorm,), _bn_pass() if fast else Pass()),
     ]
