@@ -43,6 +43,30 @@ def test_identity_geometry_keeps_image():
     assert torch.allclose(out, x.permute(0, 3, 1, 2).float() / 255, atol=1e-5)
 
 
+def test_torchvision_resampling_takes_the_nearest_pixel():
+    still = dict(brightness=0, contrast=0, saturation=0, hue=0, grayscale_p=0)
+    x = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    # rotations only: every output pixel is an input pixel (or the zero fill), as torchvision's RandomRotation
+    rot = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), resample="torchvision", **still)
+    out = augment_batch(x, rot, g()) * 255
+    assert (out - out.round()).abs().max() < 1e-3
+    blur = augment_batch(x, AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **still), g()) * 255
+    assert (blur - blur.round()).abs().max() > 0.1  # the one bilinear warp mixes neighbours
+    # without rotations both resamplings are the same crop: same random draws, same map
+    crop = dict(rotation=0, affine_rotation=0, **still)
+    a = augment_batch(x, AugmentConfig(resample="torchvision", **crop), g())
+    b = augment_batch(x, AugmentConfig(**crop), g())
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_resampling_keys_and_validation():
+    assert "resample" not in get_preset("cpu").to_dict()["augment"]  # cached cpu runs keep their keys
+    assert get_preset("paper").to_dict()["augment"]["resample"] == "torchvision"  # the paper's code
+    with pytest.raises(ConfigError, match="unknown resampling 'bicubic'"):
+        AugmentConfig(resample="bicubic")
+
+
 def test_hsv_roundtrip_matches_colorsys():
     import colorsys
 

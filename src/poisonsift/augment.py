@@ -6,8 +6,14 @@ RandomAffine(15), RandomGrayscale (p = 0.1), Normalize. Here the same random
 distributions are drawn per sample for a whole batch at once:
 
 * the three geometric transforms are composed into one affine map per image and
-  resampled once with ``grid_sample`` (bilinear, zero fill as torchvision). One
-  resampling instead of three also blurs a small trigger less;
+  resampled once with ``grid_sample`` (bilinear, zero fill as torchvision; ``resample="bilinear"``,
+  the default). One resampling instead of three blurs a solid sticker less, but it blurs a
+  high-frequency trigger: torchvision's RandomRotation and RandomAffine take the *nearest* pixel.
+  ``resample="torchvision"`` does as the paper's code: the crop resized bilinearly, then the two
+  rotations (one map) by nearest neighbour. Measured on the amplitude-255 checker (3 x 3, +/-255,
+  400 GTSRB images): its peak difference after the warp keeps 0.644 of 0.863 bilinear and all of it
+  nearest, and a label-consistent amplitude-255 run (p = 33 %, `cpu` preset, 4 epochs) learned its
+  backdoor to MASR 0.512 with nearest rotations against 0.228 with the one bilinear warp;
 * colour jitter (brightness, contrast, saturation, hue; fixed order rather than
   torchvision's random order) and grayscale are vectorised tensor arithmetic.
 
@@ -22,7 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "to_float", "rgb_to_hsv", "hsv_to_rgb"]
+from poisonsift.errors import ConfigError
+
+__all__ = ["AugmentConfig", "RESAMPLINGS", "augment_batch", "to_float", "rgb_to_hsv", "hsv_to_rgb"]
+
+#: How the geometric augmentation resamples (see the module docstring).
+RESAMPLINGS = ("bilinear", "torchvision")
 
 
 @dataclass
@@ -39,6 +50,11 @@ class AugmentConfig:
     saturation: float = 0.1
     hue: float = 0.1
     grayscale_p: float = 0.1
+    resample: str = "bilinear"  # "bilinear": one warp; "torchvision": crop bilinear, rotations nearest
+
+    def __post_init__(self) -> None:
+        if self.resample not in RESAMPLINGS:
+            raise ConfigError(f"unknown resampling {self.resample!r}; use one of {', '.join(RESAMPLINGS)}")
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -67,6 +83,14 @@ def _geometric(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch
     )
     a = angle * (math.pi / 180)
     cos, sin = a.cos(), a.sin()
+    if cfg.resample == "torchvision":  # two maps: the crop (bilinear), then the rotations (nearest)
+        zero = torch.zeros_like(cw)
+        crop = torch.stack([torch.stack([cw, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+        rot = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        x = F.grid_sample(x, F.affine_grid(crop, [b, 3, h, w], align_corners=False), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)  # fmt: skip
+        return F.grid_sample(x, F.affine_grid(rot, [b, 3, h, w], align_corners=False), mode="nearest",
+                             padding_mode="zeros", align_corners=False)  # fmt: skip
     # input = S @ R @ output + c: rotate the output frame, then scale into the crop.
     theta = torch.stack(
         [

@@ -315,6 +315,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         cleaned = out.with_name(out.name + "-clean")
         rec = clean_run(out, cleaned, "scan")
         r = retrain_cleaned(out, cleaned)
+        # what is left matters to read the ASR after: with no poisoned image left, what remains is
+        # the sticker read by a model that never saw it (README: the floor), not a backdoor
+        lines.append(f"removed {rec['removed']} images ({rec['removed_poisoned']} poisoned; {rec['poisoned_left']} "
+                     f"poisoned left) -> {cleaned}")  # fmt: skip
         lines.append(_retrain_line(r))
         obj["scan"] = {k: sc[k] for k in ("suspicious_classes", "n_flagged", "tpr", "tnr", "seconds")}
         obj["scan"]["top_class"] = top["class"]
