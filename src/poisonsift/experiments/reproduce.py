@@ -146,8 +146,8 @@ def reproduce(
 
     ``tables``: names (``"1"``..``"5"``, ``"fig6"``, ``"sizes"``, ``"all"``) or
     :class:`TableSpec` objects; ``ps``: poison shares (fractions) for the tables with a ``p`` row
-    (1, 2, 5) instead of the paper's, e.g. to run only the rows a cache lacks. ``cache`` defaults to ``$POISONSIFT_CACHE/experiments``,
-    shared by every output folder. Returns the results dict.
+    (1, 2, 5) instead of the paper's, e.g. to run only the rows a cache lacks. ``cache`` defaults
+    to ``$POISONSIFT_CACHE/experiments``, shared by every output folder. Returns the results dict.
     """
     t0 = time.perf_counter()
     names: list[str | TableSpec] = []
