@@ -123,6 +123,15 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     lc = RunSpec(AttackSpec("label-consistent", 0.33))
     assert lc.key(fp) != RunSpec(AttackSpec("label-consistent", 0.33, surrogate_epochs=1)).key(fp)
     assert RunSpec(AttackSpec("standard", 0.33)).key(fp) == RunSpec(AttackSpec("standard", 0.33, surrogate_epochs=1)).key(fp)
+    # model_train changes the poisoned model only: the runs keep one surrogate; JSON round trip keeps the key
+    amp = RunSpec(AttackSpec("amplitude", 0.33, amp=128))
+    longer = RunSpec(AttackSpec("amplitude", 0.33, amp=128), model_train={"epochs": 8, "augment": {"resample": "torchvision"}})
+    assert longer.surrogate_config() == amp.surrogate_config() and longer.key(fp) != amp.key(fp)
+    assert (longer.train_config().epochs, longer.train_config().augment.resample) == (8, "torchvision")
+    assert longer.train_config().augment.rotation == amp.train_config().augment.rotation  # only what was named
+    assert RunSpec(**json.loads(json.dumps(longer.to_dict()))).key(fp) == longer.key(fp)
+    with pytest.raises(ConfigError, match="augmentation override"):
+        RunSpec(model_train={"augment": {"rotate": 10}})
     assert DetectSpec("ac").key() == DetectSpec("ac").key() != DetectSpec("ac", layer="relu_fc1").key()
     # HC's view size is part of HC keys only: an AC result stays cached when it changes.
     assert DetectSpec("hc").key() != DetectSpec("hc", view_samples=0).key()

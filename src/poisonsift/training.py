@@ -112,11 +112,18 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 
 
 def get_preset(name: str, **overrides: Any) -> TrainConfig:
-    """A preset config with optional field overrides (``None`` values are ignored)."""
+    """A preset config with optional field overrides (``None`` values are ignored; ``augment``
+    may be a dict of :class:`~poisonsift.augment.AugmentConfig` fields to change)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[name]()
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(over.get("augment"), dict):  # a partial augmentation override (from a JSON spec)
+        try:
+            over["augment"] = dataclasses.replace(cfg.augment, **over["augment"])
+        except TypeError as exc:
+            raise ConfigError(f"bad augmentation override {over['augment']}: {exc}") from None
+    return dataclasses.replace(cfg, **over)
 
 
 @dataclass

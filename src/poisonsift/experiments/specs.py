@@ -60,8 +60,10 @@ class AttackSpec:
 class RunSpec:
     """One poisoned training set and the model trained on it.
 
-    ``train`` overrides fields of the preset (e.g. ``{"epochs": 2}``); ``seed``
-    seeds the poisoning (which images, where the trigger goes) and the training.
+    ``train`` overrides fields of the preset (e.g. ``{"epochs": 2}``) for the poisoned model and
+    the surrogate; ``model_train`` (on top of ``train``) for the poisoned model only, so that runs
+    with a longer schedule or another augmentation still share one surrogate. ``seed`` seeds the
+    poisoning (which images, where the trigger goes) and the training.
     """
 
     attack: AttackSpec = field(default_factory=AttackSpec)
@@ -69,6 +71,7 @@ class RunSpec:
     seed: int = 0
     train: dict[str, Any] = field(default_factory=dict)
     surrogate_seed: int = 0
+    model_train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.attack, dict):
@@ -79,9 +82,9 @@ class RunSpec:
         from poisonsift.training import get_preset
 
         try:
-            return get_preset(self.preset, seed=self.seed, **self.train)
+            return get_preset(self.preset, seed=self.seed, **{**self.train, **self.model_train})
         except TypeError as exc:
-            raise ConfigError(f"bad training override in {self.train}: {exc}") from None
+            raise ConfigError(f"bad training override in {self.train} / {self.model_train}: {exc}") from None
 
     def surrogate_config(self):
         """The clean surrogate's training config (label-consistent attacks), else None."""
@@ -218,15 +221,10 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
 
     def run(kind: str, p: float, seed: int = 0, **kw) -> RunSpec:
-        over = train
+        # the longer schedule is the poisoned model's (model_train); the surrogate stays shared
         low = cpu_low_rate_epochs(kind, p) if preset == "cpu" and "epochs" not in train else None
-        if low is not None:
-            over = {**train, "epochs": low}
-            if kind != "standard":  # the longer schedule is the poisoned model's; the surrogate stays shared
-                from poisonsift.training import get_preset
-
-                kw.setdefault("surrogate_epochs", get_preset(preset, **train).epochs)
-        return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=over)
+        return RunSpec(AttackSpec(kind, p, **kw), preset=preset, seed=seed, train=train,
+                       model_train={"epochs": low} if low is not None else {})  # fmt: skip
 
     det = _ac_hc_ss()
     cols = [*_rates("AC", "AC"), *_rates("AC*", "AC*"), *_rates("HC", "HC"), *_rates("SS", "SS")]
