@@ -94,6 +94,7 @@ def test_paper_tables_match_the_paper():
     t5 = ex.build_table("5", repeats=3)
     assert [len(r.runs) for r in t5.rows] == [3, 3]
     assert len({rs.seed for rs in t5.rows[0].runs}) == 3  # new images and trigger places per repeat
+    assert [c.name for c in t5.columns][:2] == ["MASR", "AC ACC"]  # each repeat's attack, learned or not
     # Table 3 and Table 1's p = 33 % row are the same run: the cache serves both.
     fp = "f" * 16
     assert ex.build_table("3").rows[0].runs[0].key(fp) == t1.rows[0].runs[0].key(fp)
@@ -204,6 +205,21 @@ def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):
     forced = ex.reproduce([tiny_table(ps=(0.33,))], data=tiny_npz, out=out, cache=cache, report=False, force=True)
     assert forced["computed"] == {"runs": 1, "detections": 2, "units": 3}
     assert forced["tables"]["1"]["rows"][0]["ours"] == first["tables"]["1"]["rows"][0]["ours"]  # same seed, same numbers
+
+
+def test_repeated_rows_give_mean_and_variance(tmp_path, tiny_npz):
+    # Table 5's shape: one row, several seeds; every column becomes "<name> mean" / "<name> var"
+    row = Row({"p": 33}, [RunSpec(AttackSpec("standard", 0.33), train=TINY_TRAIN, seed=s) for s in (0, 1)])
+    table = TableSpec("5", "tiny repeats", "p", [row], [Column("ASR", "metrics", "asr"), *tiny_table(("AC",)).columns[1:]],
+                      {"AC": DetectSpec("ac")})  # fmt: skip
+    res = ex.reproduce([table], data=tiny_npz, out=tmp_path / "out", cache=tmp_path / "cache", report=False)
+    r = res["tables"]["5"]["rows"][0]
+    assert res["tables"]["5"]["columns"] == ["ASR mean", "ASR var", "AC ACC mean", "AC ACC var", "AC TPR mean",
+                                             "AC TPR var", "AC TNR mean", "AC TNR var"]  # fmt: skip
+    asr = [100 * json.loads((tmp_path / "cache" / d / "metrics.json").read_text())["asr"] for d in r["runs"]]
+    assert len(set(r["runs"])) == 2  # two seeds, two poisoned sets and models
+    assert r["ours"]["ASR mean"] == pytest.approx(np.mean(asr)) and r["ours"]["ASR var"] == pytest.approx(np.var(asr, ddof=1))
+    assert r["paper"]["AC ACC mean"] == 90.36 and r["diff"]["AC ACC var"] == pytest.approx(r["ours"]["AC ACC var"] - 6.81)
 
 
 def test_resume_after_a_killed_run(tmp_path, tiny_npz, monkeypatch):

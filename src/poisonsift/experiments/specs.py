@@ -256,7 +256,7 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         rows = [Row({"p": round(p * 100)}, [run("label-consistent", p, seed=s) for s in range(n)]) for p in p5]
         ac_hc = {k: v for k, v in det.items() if k in ("AC", "HC")}
         return TableSpec("5", f"Detection over {n} repeats (label-consistent, s = 3): mean and variance", "p", rows,
-                         [*_rates("AC", "AC"), *_rates("HC", "HC")], ac_hc)  # fmt: skip
+                         [Column("MASR", "metrics", "masr"), *_rates("AC", "AC"), *_rates("HC", "HC")], ac_hc)  # fmt: skip
     if name == "sizes":
         rows = [Row({"s": s}, [run("standard", 0.33, size=s)]) for s in (1, 2, 3)]
         return TableSpec("sizes", "Standard attack with sticker side s = 1, 2, 3 (p = 33 %)", "s", rows,
