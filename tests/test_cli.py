@@ -27,8 +27,14 @@ def test_pipeline_end_to_end(tiny_data, tmp_path, capsys):
     assert t["epochs_run"] == 1 and (run / "model.pt").is_file() and (run / "train.json").is_file()
     assert json.loads((run / "train.json").read_text())["bf16_used"] in (True, False)
     m = run_json(capsys, "evaluate", "--run", str(run))
-    assert 0 <= m["clean_accuracy"] <= 1 and 0 <= m["asr"] <= 1
-    assert json.loads((run / "metrics.json").read_text()) == m
+    assert 0 <= m["clean_accuracy"] <= 1 and 0 <= m["asr"] <= 1 and m["precision"] == "float32"
+    # bfloat16 autocast: recorded, and the same predictions up to rounding (logits within bf16's 3 digits)
+    b = run_json(capsys, "evaluate", "--run", str(run), "--precision", "bfloat16")
+    assert b["precision"] == "bfloat16" and abs(b["clean_accuracy"] - m["clean_accuracy"]) <= 2 / 48
+    assert json.loads((run / "metrics.json").read_text()) == b
+    a = run_json(capsys, "evaluate", "--run", str(run), "--precision", "auto")
+    assert a["precision"] in ("float32", "bfloat16")  # auto resolves to a real precision before it is recorded
+    assert main(["evaluate", "--run", str(run), "--precision", "fp8"]) == 2
 
 
 def test_label_consistent_cli_with_given_surrogate(tiny_data, tmp_path, capsys):
@@ -145,7 +151,10 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
                  "--epochs", "1", "--hc-subset", "4")  # fmt: skip
     assert {"clean_accuracy", "asr", "n_poisoned", "detection"} <= set(d)
     assert [x["method"] for x in d["detection"]] == ["ac", "hc"]
-    assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 36
+    # --every 2 (the default): one frame in two of each 4-frame track, 12 of each class's 24, and
+    # 6 poisoned -> the target class holds 18
+    assert d["detection"][1]["n"] == 4 and d["detection"][0]["n"] == 18 and d["n_poisoned"] == 6
+    assert d["detection"][1]["heatmaps"] == "scan"  # the scan ran first; HC read the class's heatmaps from it
     from poisonsift.utils import bfloat16_pays, default_device
 
     # --lrp-precision auto (the demo's default) resolves to a real precision before it is keyed
@@ -157,6 +166,9 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     assert d["scan"]["top_class"] in range(6) and d["clean"]["removed"] == d["scan"]["n_flagged"]
     assert {"clean_accuracy_before", "clean_accuracy_after", "asr_before", "asr_after"} <= set(d["clean"])
     assert d["clean"]["asr_before"] == d["asr"] and (tmp_path / "demo-clean" / "model.pt").is_file()
+    # both trainings take the demo preset (the cpu preset without augmentation)
+    cfgs = [json.loads((tmp_path / r / "train.json").read_text())["config"] for r in ("demo", "demo-clean")]
+    assert cfgs[0] == cfgs[1] and cfgs[0]["augment"]["enabled"] is False and cfgs[0]["epochs"] == 1
 
 
 @pytest.fixture

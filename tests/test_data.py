@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poisonsift.data import ImageData, load_npz, prepare, resolve_data, save_npz
-from poisonsift.errors import DataError
+from poisonsift.data import ImageData, load_npz, prepare, resolve_data, save_npz, thin_tracks
+from poisonsift.errors import ConfigError, DataError
 
 
 def test_prepare_official_layout(fake_gtsrb, tmp_path):
@@ -134,3 +134,21 @@ def test_offline_download_failure_is_one_clear_message(monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "GTSRB", offline)
     with pytest.raises(DataError, match="pass --data PATH or set POISONSIFT_GTSRB"):
         resolve_data(None, allow_download=True)
+
+
+def test_thin_tracks_keeps_every_nth_frame_of_each_track():
+    # three tracks of 5, 4 and 1 frames, interleaved in storage; two images without a track
+    group = np.array([7, 7, 3, 7, 3, 7, 3, 7, 3, 9, 100, 101])
+    n = len(group)
+    x = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    y = np.array([0, 0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 1])
+    d = ImageData(x, y, x[:2], y[:2], ["a", "b", "c"], group)
+    t = thin_tracks(d, 2)
+    # track 7 frames at rows 0,1,3,5,7 -> keep 1st, 3rd, 5th (rows 0,3,7); track 3 rows 2,4,6,8 -> 2,6
+    assert t.x_train[:, 0, 0, 0].tolist() == [0, 2, 3, 6, 7, 9, 10, 11]
+    assert t.y_train.tolist() == y[[0, 2, 3, 6, 7, 9, 10, 11]].tolist()
+    assert t.group_train.tolist() == group[[0, 2, 3, 6, 7, 9, 10, 11]].tolist()
+    assert np.array_equal(t.x_test, d.x_test) and thin_tracks(d, 1) is d
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ConfigError, match="step"):
+            thin_tracks(d, bad)

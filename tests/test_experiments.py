@@ -133,6 +133,8 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
     assert RunSpec(**json.loads(json.dumps(longer.to_dict()))).key(fp) == longer.key(fp)
     with pytest.raises(ConfigError, match="augmentation override"):
         RunSpec(model_train={"augment": {"rotate": 10}})
+    both = RunSpec(train={"augment": {"hue": 0.05}}, model_train={"augment": {"resample": "torchvision"}})
+    assert (both.train_config().augment.hue, both.train_config().augment.resample) == (0.05, "torchvision")
     assert DetectSpec("ac").key() == DetectSpec("ac").key() != DetectSpec("ac", layer="relu_fc1").key()
     # HC's view size is part of HC keys only: an AC result stays cached when it changes.
     assert DetectSpec("hc").key() != DetectSpec("hc", view_samples=0).key()

@@ -232,3 +232,26 @@ def test_focus_ratio_option_and_key(capsys):
     assert DetectSpec("ac").key() == DetectSpec("ac", focus_ratio=None).key()
     with pytest.raises(ConfigError, match="focus_ratio must be > 1"):
         DetectSpec("hc", focus_ratio=0.5)
+
+
+def test_detect_after_a_scan_reads_its_heatmaps(attacked_run, tmp_path):
+    import shutil
+
+    from poisonsift.defences import DetectSpec
+    from poisonsift.runs import detect_run
+
+    fresh = tmp_path / "fresh"  # the same run without any cached heatmaps
+    fresh.mkdir()
+    for name in ("poisoned.npz", "attack.json", "model.pt"):
+        shutil.copy(attacked_run / name, fresh / name)
+    spec = DetectSpec("hc", view_samples=0)
+    own = detect_run(fresh, spec)
+    scan_run(attacked_run, "hc")  # leaves the heatmaps of every training image in run/cache
+    reused = detect_run(attacked_run, spec, out=tmp_path / "det.json")
+    assert reused["heatmaps"] == "scan" and "heatmaps" not in own
+    with np.load(fresh / "detection-hc.npz") as a, np.load(tmp_path / "det.npz") as b:
+        assert np.array_equal(a["rows"], b["rows"]) and np.array_equal(a["is_poisoned"], b["is_poisoned"])
+        assert np.allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-6)
+    # another rule's heatmaps are not the scan's: computed afresh
+    other = detect_run(attacked_run, dataclasses.replace(spec, lrp_rule="epsilon-gamma-box"), out=tmp_path / "o.json")
+    assert "heatmaps" not in other

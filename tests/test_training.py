@@ -120,5 +120,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 def test_presets():
     assert get_preset("paper").lr == 1e-4 and get_preset("paper").epochs == 100
     assert get_preset("cpu", epochs=2).epochs == 2
+    assert get_preset("demo").epochs == 2 and not get_preset("demo").augment.enabled
+    assert get_preset("demo").lr == get_preset("cpu").lr  # the cpu preset without augmentation
     with pytest.raises(ConfigError):
         get_preset("gpu-farm")

@@ -122,7 +122,7 @@ def _metrics_line(m: dict[str, Any]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from poisonsift.runs import evaluate_run
 
-    m = evaluate_run(args.run)
+    m = evaluate_run(args.run, precision=args.precision)
     _emit(args, m, _metrics_line(m))
 
 
@@ -135,14 +135,21 @@ def _class_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--class must be a class index or 'auto', got {text!r}") from None
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def _whole_number_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_nonnegative_int = _whole_number_at_least(0)
+_positive_int = _whole_number_at_least(1)
 
 
 def _focus_ratio(text: str) -> float | None:
@@ -190,11 +197,9 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
     from poisonsift.defences import ClusterRule, DetectSpec
 
     decision = ClusterRule(min_separation=args.min_separation, tail_z=args.tail_z)
-    precision = args.lrp_precision
-    if precision == "auto":  # resolved here, so the detection and its cache key name a real precision
-        from poisonsift.utils import bfloat16_pays, default_device
+    from poisonsift.utils import resolve_precision
 
-        precision = "bfloat16" if bfloat16_pays(default_device()) else "float32"
+    precision = resolve_precision(args.lrp_precision)  # so the detection and its cache key name a real one
     fields = dict(method=method or args.method, layer=getattr(args, "layer", None),
                   engine=getattr(args, "engine", "fast"), subset=getattr(args, "subset", None), rule=args.rule,
                   seed=args.seed, warm_start=getattr(args, "warm_start", True),
@@ -276,7 +281,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from poisonsift.attacks import StandardBackdoor
-    from poisonsift.data import resolve_data
+    from poisonsift.data import resolve_data, thin_tracks
     from poisonsift.report import write_scan_report
     from poisonsift.runs import clean_run, detect_run, evaluate_run, poison_run, retrain_cleaned, train_run
     from poisonsift.scan import scan_run
@@ -285,28 +290,34 @@ def cmd_demo(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = Path(args.out)
     say = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    say("[1/7] data")
-    data = resolve_data(args.data, allow_download=True)
-    say(f"[2/7] standard attack: 3x3 sticker, speed limit 50 -> 80, p = {args.p}")
+    steps = 5 if args.no_scan else 7
+    say(f"[1/{steps}] data")
+    data = thin_tracks(resolve_data(args.data, allow_download=True), args.every)
+    if args.every > 1:
+        say(f"      one frame in {args.every} of each track: {len(data.y_train)} training images "
+            f"(--every 1: all), {len(data.y_test)} test images")  # fmt: skip
+    say(f"[2/{steps}] standard attack: 3x3 sticker, speed limit 50 -> 80, p = {args.p}")
     attack = StandardBackdoor(p=args.p)
     s = poison_run(data, attack, out, seed=args.seed)
     say(f"      {s['n_poisoned']} poisoned images ({s['poison_share']:.1%} of the target class)")
-    say(f"[3/7] training {args.arch} ({args.epochs} epochs, cpu preset)")
-    t = train_run(out, get_preset("cpu", epochs=args.epochs, seed=args.seed, arch=args.arch))
-    say("[4/7] evaluating")
-    m = evaluate_run(out)
+    say(f"[3/{steps}] training {args.arch} ({args.epochs} epochs, demo preset: the cpu preset without augmentation)")
+    t = train_run(out, get_preset("demo", epochs=args.epochs, seed=args.seed, arch=args.arch))
+    say(f"[4/{steps}] evaluating")
+    m = evaluate_run(out, precision="auto")  # both evaluations (retrain_cleaned takes this one's)
     say(f"      {_metrics_line(m)}")
     scope = "the whole class" if args.hc_subset is None else f"a random subset of {args.hc_subset}"
     hc_spec = detect_spec(args, "hc", subset=args.hc_subset)
-    say(f"[5/7] detection on the target class: AC, and HC (fast engine, {hc_spec.lrp_rule} LRP rule in "
-        f"{hc_spec.lrp_precision}) on {scope}")
+    sc = None
+    if not args.no_scan:  # first, so that the detection below reads the target class's heatmaps from it
+        say("[5/7] scan: HC on every class, no class given")
+        sc = scan_run(out, detect_spec(args, "hc"))
+        report = write_scan_report(out)
+    say(f"[{steps - 1 if sc else steps}/{steps}] detection on the target class: AC, and HC (fast engine, "
+        f"{hc_spec.lrp_rule} LRP rule in {hc_spec.lrp_precision}) on {scope}")  # fmt: skip
     dets = [detect_run(out, detect_spec(args, "ac", rule=None)), detect_run(out, hc_spec)]
     obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets}
     lines = [_metrics_line(m), DETECTION_HEADER, *(_detection_row(d) for d in dets)]
-    if not args.no_scan:
-        say("[6/7] scan: HC on every class, no class given")
-        sc = scan_run(out, detect_spec(args, "hc"))
-        report = write_scan_report(out)
+    if sc is not None:
         top = sc["classes"][0]
         lines.append(f"scan: top class {top['class']} (evidence {top['evidence']:.2f}), suspicious classes "
                      f"{sc['suspicious_classes'] or 'none'}, {sc['n_flagged']} images flagged (TPR {sc['tpr']:.4f}, "
@@ -456,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a network (SmallInception by default) on DIR/poisoned.npz")
     tr.add_argument("--run", required=True, help="run directory made by `poisonsift poison`")
-    tr.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    tr.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"])
     add_arch(tr)
     tr.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
     tr.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -465,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="clean accuracy and attack success rate of DIR/model.pt")
     ev.add_argument("--run", required=True)
+    ev.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
+                    help="the model's forward pass: float32 (default, the tables'), bfloat16 autocast, or auto "
+                         "(bfloat16 where it pays: a CPU with AMX, ~2.4x faster there; 20-29 of 12,630 test "
+                         "predictions differed on the demo's models); metrics.json records which")  # fmt: skip
     add_json(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -550,7 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB, the cache, or a download)")
     de.add_argument("--out", default="runs/demo")
     de.add_argument("--p", type=float, default=0.33)
-    de.add_argument("--epochs", type=int, default=2, help="training epochs (default 2: about 5 minutes on 2 cores with native bfloat16, ~25 without)")
+    de.add_argument("--every", type=_positive_int, default=2,
+                    help="train on every N-th frame of each GTSRB track (default 2: 19,605 of the 39,209 images, "
+                         "each sign and class kept, half the training and scan time; 1: all); the test set is whole")
+    de.add_argument("--epochs", type=_positive_int, default=2,
+                    help="training epochs of the demo preset (the cpu preset without augmentation; default 2)")
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
                          "(default: the whole class - 2,776 images: HC took 61 s on a 2-core AVX2 EPYC, ~15-20 s on faster cores)")

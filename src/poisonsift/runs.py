@@ -155,13 +155,18 @@ def train_run(run: str | os.PathLike, cfg: TrainConfig, device=None, on_epoch=No
     return summary
 
 
-def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
+def evaluate_run(run: str | os.PathLike, device=None, precision: str = "float32") -> dict[str, Any]:
     """Clean accuracy and ASR of ``run/model.pt``; writes ``metrics.json``.
 
     ASR follows paper 5.1: for the standard attack, the source class's test
     images with the trigger; for label-consistent attacks, the full-amplitude
     trigger on every non-target test image, with per-class ASR and MASR.
+    ``precision``: the forward pass in ``float32`` (the tables'), ``bfloat16`` autocast or
+    ``auto`` (:func:`~poisonsift.utils.resolve_precision`); ``metrics.json`` records it.
     """
+    from poisonsift.utils import resolve_precision
+
+    precision = resolve_precision(precision, device)
     run = Path(run)
     pd = load_poisoned(run / "poisoned.npz")
     cfg = read_json(run / "attack.json")
@@ -171,14 +176,17 @@ def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
         n_out = model(torch.zeros(1, 3, *pd.x_test.shape[1:3], device=next(model.parameters()).device)).shape[1]
     if n_out != len(pd.classes):
         raise DataError(f"{run / 'model.pt'}: model has {n_out} outputs but the data has {len(pd.classes)} classes")
-    acc = clean_accuracy(predict(model, pd.x_test, norm, desc="clean test"), pd.y_test)
     x_trig, y_true = attack.asr_images(pd, seed=cfg.get("seed", 0))
-    pred = predict(model, x_trig, norm, desc="triggered test")
+    dev = next(model.parameters()).device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        acc = clean_accuracy(predict(model, pd.x_test, norm, desc="clean test"), pd.y_test)
+        pred = predict(model, x_trig, norm, desc="triggered test")
     metrics: dict[str, Any] = {
         "attack": cfg["attack"],
         "clean_accuracy": acc,
         "asr": attack_success_rate(pred, attack.target_class),
         "n_triggered": int(len(pred)),
+        "precision": precision,
     }
     if isinstance(attack, LabelConsistent):
         pc = per_class_asr(pred, y_true, attack.target_class)
@@ -186,6 +194,15 @@ def evaluate_run(run: str | os.PathLike, device=None) -> dict[str, Any]:
         metrics["masr"] = mean_asr(pc)
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def _scan_heatmaps(run: Path, spec: "DetectSpec", model, pd: "PoisonedData", norm) -> np.ndarray | None:
+    """The heatmaps of every training image that a scan of ``run`` left in ``run/cache`` with this
+    model, rule and precision (a read-only memory map), or None."""
+    from poisonsift.explain import lrp_cache_path
+
+    path = lrp_cache_path(model, pd.x_train, pd.y_train, norm, run / "cache", spec.lrp_precision, spec.lrp_rule)
+    return np.load(path, mmap_mode="r") if path.is_file() else None
 
 
 def detect_run(
@@ -233,7 +250,12 @@ def detect_run(
     if len(rows) < 2:
         raise DataError(f"class {cls} has {len(rows)} training images; a defence needs at least 2")
     defence = build_defence(spec, cache_dir=str(run / "cache"))  # LRP heatmaps, reused by later hc / ac-hc runs
-    res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
+    heat = _scan_heatmaps(run, spec, model, pd, norm) if method == "hc" else None
+    if heat is not None:
+        res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm, heatmaps=heat[rows])
+        summary["heatmaps"] = "scan"  # sliced from the scan's heatmaps of every training image
+    else:
+        res = defence.detect(model, pd.x_train[rows], pd.y_train[rows], norm)
     truth = pd.poison_mask[rows]
     considered = np.isfinite(res.scores) if subset is not None else np.ones(len(rows), dtype=bool)
     m = detection_metrics(truth[considered], res.is_poisoned[considered], res.scores[considered])
@@ -347,7 +369,7 @@ def retrain_cleaned(run: str | os.PathLike, out: str | os.PathLike, device=None)
     before = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else evaluate_run(run, device=device)
     cfg = TrainConfig(**read_json(run / "train.json")["config"])  # the same preset and seed
     train_run(out, cfg, device=device)
-    after = evaluate_run(out, device=device)
+    after = evaluate_run(out, device=device, precision=before.get("precision", "float32"))  # as before was
     return {"clean_accuracy_before": before["clean_accuracy"], "clean_accuracy_after": after["clean_accuracy"],
             "asr_before": before["asr"], "asr_after": after["asr"], "epochs": cfg.epochs, "seed": cfg.seed}  # fmt: skip
 

@@ -28,6 +28,7 @@ __all__ = [
     "default_device",
     "tune_allocator",
     "auto_batch_size",
+    "resolve_precision",
     "native_bfloat16",
     "bfloat16_pays",
 ]
@@ -279,3 +280,16 @@ def bfloat16_pays(device) -> bool | None:
         return native_bfloat16(device)
     flags = _cpu_flags()
     return None if flags is None else "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device=None) -> str:
+    """``"float32"`` / ``"bfloat16"`` as given; ``"auto"``: bfloat16 where :func:`bfloat16_pays` on
+    ``device`` (default: :func:`default_device`), else float32 - resolved before anything is
+    keyed or recorded, so artefacts always name a real precision."""
+    if precision not in ("float32", "bfloat16", "auto"):
+        from poisonsift.errors import ConfigError
+
+        raise ConfigError(f"unknown precision {precision!r}; use float32, bfloat16 or auto")
+    if precision != "auto":
+        return precision
+    return "bfloat16" if bfloat16_pays(device if device is not None else default_device()) else "float32"

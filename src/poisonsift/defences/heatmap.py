@@ -19,7 +19,7 @@ import numpy as np
 from poisonsift.defences.base import _Base, _check_inputs, _check_model_outputs, _view2d, result_from_distances
 from poisonsift.defences.base import DetectionResult
 from poisonsift.defences.decision import MIXTURE_RULES, ClusterRule, mixture_flags, mode_gap
-from poisonsift.errors import ConfigError
+from poisonsift.errors import ConfigError, DataError
 from poisonsift.explain import cached_lrp_heatmaps, point_clouds, pool_heatmaps, relevance_concentration
 from poisonsift.gw import GWKMeansConfig, gw_kmeans, gw_mds
 
@@ -112,7 +112,13 @@ class HeatmapClustering(_Base):
     def __init__(self, config: HCConfig | None = None) -> None:
         self.config = config or HCConfig()
 
-    def detect(self, model, images, labels, normalizer=None) -> DetectionResult:
+    def detect(self, model, images, labels, normalizer=None, heatmaps: np.ndarray | None = None) -> DetectionResult:
+        """Split ``images`` (N, H, W, 3) uint8 of one class into clean and poisoned.
+
+        ``heatmaps``: (N, H, W) LRP heatmaps of these images already computed with this config's
+        rule and precision (e.g. sliced from a scan's cache), else they are computed (and cached
+        in ``cache_dir``).
+        """
         _check_inputs(images, labels)
         _check_model_outputs(model, labels, normalizer, images.shape[1:3])
         cfg = self.config
@@ -120,8 +126,13 @@ class HeatmapClustering(_Base):
         if cfg.subset is not None and cfg.subset < len(images):
             idx = np.sort(np.random.default_rng(cfg.gw.seed).choice(len(images), cfg.subset, replace=False))
         t = time.perf_counter()
-        heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size,
-                                   cfg.lrp_precision, cfg.lrp_rule)  # fmt: skip
+        if heatmaps is not None:
+            if heatmaps.shape != images.shape[:3]:
+                raise DataError(f"heatmaps have shape {heatmaps.shape}, the images {images.shape[:3]}")
+            heat = np.asarray(heatmaps[idx], dtype=np.float32)
+        else:
+            heat = cached_lrp_heatmaps(model, images[idx], labels[idx], normalizer, cfg.cache_dir, cfg.batch_size,
+                                       cfg.lrp_precision, cfg.lrp_rule)  # fmt: skip
         sub = self.cluster(heat, {"lrp": time.perf_counter() - t})
         seconds = sub.seconds
         if len(idx) == len(images):

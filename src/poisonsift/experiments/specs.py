@@ -61,8 +61,9 @@ class RunSpec:
     """One poisoned training set and the model trained on it.
 
     ``train`` overrides fields of the preset (e.g. ``{"epochs": 2}``) for the poisoned model and
-    the surrogate; ``model_train`` (on top of ``train``) for the poisoned model only, so that runs
-    with a longer schedule or another augmentation still share one surrogate. ``seed`` seeds the
+    the surrogate; ``model_train`` (on top of ``train``; an ``augment`` dict in both merges field by
+    field) for the poisoned model only, so that runs with a longer schedule or another augmentation
+    still share one surrogate. ``seed`` seeds the
     poisoning (which images, where the trigger goes) and the training.
     """
 
@@ -81,8 +82,11 @@ class RunSpec:
     def train_config(self):
         from poisonsift.training import get_preset
 
+        over = {**self.train, **self.model_train}
+        if isinstance(self.train.get("augment"), dict) and isinstance(self.model_train.get("augment"), dict):
+            over["augment"] = {**self.train["augment"], **self.model_train["augment"]}  # field by field
         try:
-            return get_preset(self.preset, seed=self.seed, **{**self.train, **self.model_train})
+            return get_preset(self.preset, seed=self.seed, **over)
         except TypeError as exc:
             raise ConfigError(f"bad training override in {self.train} / {self.model_train}: {exc}") from None
 

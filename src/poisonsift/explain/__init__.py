@@ -26,6 +26,7 @@ from poisonsift.explain.lrp import (
     check_lrp_layers,
     check_lrp_rule,
     lrp_cache_file,
+    lrp_cache_path,
     lrp_heatmaps,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "activations_cache_file",
     "lrp_heatmaps",
     "lrp_cache_file",
+    "lrp_cache_path",
     "cached_lrp_heatmaps",
     "fast_gamma_rule",
     "nonnegative_input_convs",

@@ -15,7 +15,7 @@ from poisonsift.training import Normalizer, model_inputs
 from poisonsift.utils import native_bfloat16, progress
 
 __all__ = ["LRP_RULES", "LRP_CONFIGS", "check_lrp_rule", "check_lrp_layers", "lrp_heatmaps", "lrp_cache_file",
-           "cached_lrp_heatmaps"]
+           "lrp_cache_path", "cached_lrp_heatmaps"]
 
 
 #: LRP rules: ``paper`` (the paper's code: epsilon rule with exponent 2, BatchNorm passed; see
@@ -190,6 +190,16 @@ def _fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, norma
     return h.hexdigest()[:20]
 
 
+def lrp_cache_path(model, images, labels, normalizer, cache_dir, precision: str = "float32",
+                   rule: str = "epsilon-gamma-box") -> Path:  # fmt: skip
+    """Where :func:`lrp_cache_file` keeps these heatmaps (the file may not exist yet): a cheap look-up
+    (hashing the weights and images), so a caller can reuse the heatmaps of a larger set, e.g. a
+    scan's of every training image when one class is defended."""
+    lrp_dtype(precision)
+    check_lrp_rule(rule)
+    return Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer, precision, rule)}.npy"
+
+
 def lrp_cache_file(model, images, labels, normalizer, cache_dir, batch_size: int | None = None,
                    precision: str = "float32", rule: str = "epsilon-gamma-box", desc: str = "LRP") -> Path:  # fmt: skip
     """The ``.npy`` of :func:`lrp_heatmaps` in ``cache_dir``, computed first where it is missing.
@@ -200,9 +210,7 @@ def lrp_cache_file(model, images, labels, normalizer, cache_dir, batch_size: int
     """
     from poisonsift.utils import atomic_npy_memmap
 
-    lrp_dtype(precision)
-    check_lrp_rule(rule)
-    path = Path(cache_dir) / f"heatmaps-{_fingerprint(model, images, labels, normalizer, precision, rule)}.npy"
+    path = lrp_cache_path(model, images, labels, normalizer, cache_dir, precision, rule)
     if not path.is_file():
         with atomic_npy_memmap(path, (len(images), *images.shape[1:3])) as out:
             lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision, rule=rule, out=out,
