@@ -572,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training epochs of the demo preset (the cpu preset without augmentation; default 2)")
     de.add_argument("--hc-subset", type=int, default=None,
                     help="HC clusters a seeded random subset of this many images of the class "
-                         "(default: the whole class - 2,776 images: HC took 61 s on a 2-core AVX2 EPYC, ~15-20 s on faster cores)")
+                         "(default: the whole class - 1,388 images at --every 2, 2,776 at --every 1)")
     add_hc_options(de, lrp_precision="auto")
     add_arch(de)
     de.add_argument("--no-scan", action="store_true",
