@@ -195,10 +195,9 @@ DETECTION_HEADER = f"{'method':<9} {'n':>6} {'poison':>6} {'flagged':>6} {'ACC':
 def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any):
     """The :class:`~poisonsift.defences.DetectSpec` of ``detect``'s flags (built once, here)."""
     from poisonsift.defences import ClusterRule, DetectSpec
-
-    decision = ClusterRule(min_separation=args.min_separation, tail_z=args.tail_z)
     from poisonsift.utils import resolve_precision
 
+    decision = ClusterRule(min_separation=args.min_separation, tail_z=args.tail_z)
     precision = resolve_precision(args.lrp_precision)  # so the detection and its cache key name a real one
     fields = dict(method=method or args.method, layer=getattr(args, "layer", None),
                   engine=getattr(args, "engine", "fast"), subset=getattr(args, "subset", None), rule=args.rule,
