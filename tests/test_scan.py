@@ -255,3 +255,37 @@ def test_detect_after_a_scan_reads_its_heatmaps(attacked_run, tmp_path):
     # another rule's heatmaps are not the scan's: computed afresh
     other = detect_run(attacked_run, dataclasses.replace(spec, lrp_rule="epsilon-gamma-box"), out=tmp_path / "o.json")
     assert "heatmaps" not in other
+
+
+def test_clean_relabels_what_a_cleaned_model_puts_elsewhere(attacked_run, tmp_path, capsys):
+    from poisonsift.runs import clean_run, train_run
+    from poisonsift.training import get_preset, load_checkpoint, predict
+
+    scan_run(attacked_run, "hc")
+    first = tmp_path / "first"  # the flagged images removed, and a model that never saw them
+    clean_run(attacked_run, first)
+    train_run(first, get_preset("cpu", epochs=3, seed=0))
+    out = tmp_path / "relabelled"
+    assert main(["clean", "--run", str(attacked_run), "--out", str(out), "--relabel-from", str(first), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    on_disk = json.loads((out / "clean.json").read_text())
+    before, after = load_poisoned(attacked_run / "poisoned.npz"), load_poisoned(out / "poisoned.npz")
+    with np.load(attacked_run / "scan.npz") as z:
+        flagged = np.flatnonzero(z["is_poisoned"])
+    relabelled, removed = np.array(on_disk["relabelled_rows"], dtype=int), np.array(on_disk["removed_rows"], dtype=int)
+    assert sorted(np.r_[relabelled, removed].tolist()) == flagged.tolist()  # each flag relabelled or removed
+    keep = np.setdiff1d(np.arange(len(before.y_train)), removed)
+    assert np.array_equal(after.x_train, before.x_train[keep]) and np.array_equal(after.poison_mask, before.poison_mask[keep])
+    # relabelled rows carry the cleaned model's label (another than their own); no other label changed
+    model, norm = load_checkpoint(first / "model.pt")
+    pred = predict(model, before.x_train[relabelled], norm)
+    pos = np.searchsorted(keep, relabelled)
+    assert np.array_equal(after.y_train[pos], pred) and np.all(pred != before.y_train[relabelled])
+    others = np.setdiff1d(np.arange(len(keep)), pos)
+    assert np.array_equal(after.y_train[others], before.y_train[keep][others])
+    assert rec["relabelled"] == len(relabelled) and sum(rec["relabelled_to"].values()) == len(relabelled)
+    assert rec["removed"] + rec["relabelled"] == len(flagged) and "relabelled_rows" not in rec
+    # the attack moved stickered class-2 images to class 5: the clean model sends most of them back to 2
+    assert rec["relabelled_poisoned"] >= 10 and rec["relabelled_to"].get("2", 0) >= rec["relabelled"] / 2
+    assert main(["clean", "--run", str(attacked_run), "--out", str(tmp_path / "x"), "--relabel-from", str(tmp_path)]) == 2
+    assert "no model.pt" in capsys.readouterr().err

@@ -246,10 +246,13 @@ def cmd_detect(args: argparse.Namespace) -> None:
 def cmd_clean(args: argparse.Namespace) -> None:
     from poisonsift.runs import clean_run, retrain_cleaned
 
-    rec = clean_run(args.run, args.out, args.source)
-    obj = {k: v for k, v in rec.items() if k != "removed_rows"}
-    human = (f"removed {rec['removed']} images ({rec['removed_poisoned']} poisoned; {rec['poisoned_left']} poisoned "
-             f"left) -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
+    rec = clean_run(args.run, args.out, args.source, relabel_from=args.relabel_from)
+    obj = {k: v for k, v in rec.items() if k not in ("removed_rows", "relabelled_rows")}
+    relabelled = (f"relabelled {rec['relabelled']} ({rec['relabelled_poisoned']} poisoned; to "
+                  f"{', '.join(f'{k}: {v}' for k, v in rec['relabelled_to'].items()) or 'none'}), "
+                  if args.relabel_from else "")  # fmt: skip
+    human = (f"removed {rec['removed']} images ({rec['removed_poisoned']} poisoned), {relabelled}{rec['poisoned_left']} "
+             f"poisoned left -> {Path(args.out) / 'poisoned.npz'}")  # fmt: skip
     if args.retrain:
         r = retrain_cleaned(args.run, args.out)
         obj.update(r)
@@ -526,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--run", required=True, help="run directory with scan.npz or detection-METHOD.npz")
     cl.add_argument("--out", required=True, help="the new run directory")
     cl.add_argument("--from", dest="source", default="scan", help="scan (default) or detection-METHOD, e.g. detection-hc")
+    cl.add_argument("--relabel-from", default=None, metavar="DIR",
+                    help="a run whose model was trained without the flagged images (the --out of an earlier "
+                         "clean --retrain): flagged images it puts in another class are kept with that label, "
+                         "the others removed")
     cl.add_argument("--retrain", action="store_true",
                     help="train the cleaned run with the same preset and seed, and print clean accuracy and ASR before and after")
     add_json(cl)

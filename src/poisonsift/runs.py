@@ -314,15 +314,25 @@ def _flagged_rows(run: Path, source: str) -> np.ndarray:
     return rows[flagged]
 
 
-def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "scan") -> dict[str, Any]:
+def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "scan",
+              relabel_from: str | os.PathLike | None = None, device=None) -> dict[str, Any]:  # fmt: skip
     """Write a new run directory ``out`` holding ``run``'s training set without the rows that
     ``source`` (``scan`` or ``detection-METHOD``) flagged.
+
+    ``relabel_from``: a run whose model was trained without those rows (e.g. the ``out`` of an
+    earlier clean and retrain). A flagged image that this model puts in another class than its
+    label is kept with the model's label instead of removed (a label-flipping backdoor's images
+    go back to their own class, and teach the retrained model that the trigger means nothing);
+    one that it puts in its own labelled class is removed (a label-consistent poison keeps its
+    label, so relabelling could not defuse it).
 
     ``out/poisoned.npz`` keeps ``poison_mask``, ``source_index`` and ``group_train`` of the rows
     that are left (so ``evaluate`` and ``detect`` still know the truth) and the same test set;
     ``out/attack.json`` is ``run``'s. ``out/clean.json`` records the source run, ``from``,
-    ``removed`` (count), ``removed_poisoned``, ``poisoned_left`` and ``removed_rows`` (indices
-    into ``run``'s training set). Returns that record.
+    ``removed`` (count), ``removed_poisoned``, ``poisoned_left`` (poisoned rows still in the set,
+    relabelled ones included), ``removed_rows`` (indices into ``run``'s training set) and, with
+    ``relabel_from``, ``relabelled``, ``relabelled_poisoned``, ``relabelled_to`` (count per new
+    label) and ``relabelled_rows``. Returns that record.
     """
     run, out = Path(run), Path(out)
     if out.resolve() == run.resolve():
@@ -330,13 +340,27 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is an existing file; a run is a folder")
     pd = load_poisoned(run / "poisoned.npz")
-    removed = np.unique(_flagged_rows(run, source))
-    if len(removed) and (removed.min() < 0 or removed.max() >= len(pd.y_train)):
+    flagged = np.unique(_flagged_rows(run, source))
+    if len(flagged) and (flagged.min() < 0 or flagged.max() >= len(pd.y_train)):
         raise DataError(f"{source} of {run} names rows outside its training set: it belongs to another run")
+    y = pd.y_train.copy()
+    relabelled = flagged[:0]
+    if relabel_from is not None:
+        ckpt = Path(relabel_from) / "model.pt"
+        if not ckpt.is_file():
+            raise DataError(f"--relabel-from {relabel_from} has no model.pt: train it first (e.g. clean ... --retrain)")
+        model, norm = load_checkpoint(ckpt, device)
+        pred = predict(model, pd.x_train[flagged], norm, desc="relabel")
+        if len(pred) and pred.max() >= len(pd.classes):
+            raise DataError(f"{ckpt} predicts class {int(pred.max())}, but {run} has {len(pd.classes)} classes")
+        moved = pred != pd.y_train[flagged]
+        relabelled = flagged[moved]
+        y[relabelled] = pred[moved]
+    removed = np.setdiff1d(flagged, relabelled)
     keep = np.ones(len(pd.y_train), dtype=bool)
     keep[removed] = False
     group = pd.group_train[keep] if pd.group_train is not None else None
-    left = PoisonedData(pd.x_train[keep], pd.y_train[keep], pd.poison_mask[keep], pd.source_index[keep],
+    left = PoisonedData(pd.x_train[keep], y[keep], pd.poison_mask[keep], pd.source_index[keep],
                         pd.x_test, pd.y_test, pd.classes, group)  # fmt: skip
     save_poisoned(left, out / "poisoned.npz")
     atomic_write_json(out / "attack.json", read_json(run / "attack.json"))
@@ -349,6 +373,12 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
         "n_train_left": int(len(left.y_train)),
         "removed_rows": removed.tolist(),
     }
+    if relabel_from is not None:
+        labels, counts = np.unique(y[relabelled], return_counts=True)
+        record.update(relabel_from=str(relabel_from), relabelled=int(len(relabelled)),
+                      relabelled_poisoned=int(pd.poison_mask[relabelled].sum()),
+                      relabelled_to={str(int(c)): int(n) for c, n in zip(labels, counts)},
+                      relabelled_rows=relabelled.tolist())  # fmt: skip
     atomic_write_json(out / "clean.json", record)
     return record
 
