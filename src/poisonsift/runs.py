@@ -201,6 +201,8 @@ def _scan_heatmaps(run: Path, spec: "DetectSpec", model, pd: "PoisonedData", nor
     model, rule and precision (a read-only memory map), or None."""
     from poisonsift.explain import lrp_cache_path
 
+    if not (run / "scan.json").is_file():  # no scan: skip hashing every training image
+        return None
     path = lrp_cache_path(model, pd.x_train, pd.y_train, norm, run / "cache", spec.lrp_precision, spec.lrp_rule)
     return np.load(path, mmap_mode="r") if path.is_file() else None
 
