@@ -32,7 +32,8 @@ Choices where the paper is silent (stated once here):
 
 from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import LocalExecutor, RayExecutor, make_executor
-from poisonsift.experiments.reproduce import assemble, reproduce, resolve_result_path
+from poisonsift.experiments.reproduce import assemble, reproduce
+from poisonsift.report.reproduction import resolve_result_path  # results.json's format, read by the report
 from poisonsift.experiments.specs import (
     CPU_LOW_RATE_EPOCHS,
     TABLES,

@@ -86,13 +86,6 @@ def _under_cache(path: str | os.PathLike) -> str:
     return Path(*parts[i:]).as_posix()
 
 
-def resolve_result_path(results_dir: str | os.PathLike, res: dict, path: str) -> Path:
-    """A run / detection path from ``results.json`` (relative to the cache, or absolute in
-    results written before this) as a path on this machine."""
-    p = Path(path)
-    return p if p.is_absolute() else Path(results_dir) / res["cache"] / p
-
-
 def _data_file(data: str | None, cache: Path):
     """A ``.npz`` path every worker can read, and the data's fingerprint."""
     from poisonsift.data import resolve_data, save_npz

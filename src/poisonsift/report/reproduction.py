@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,13 @@ def _timing_rows(res: dict[str, Any]) -> list[list[str]]:
 # --------------------------------------------------------------------------- entry point
 
 
+def resolve_result_path(results_dir: str | os.PathLike, res: dict, path: str) -> Path:
+    """A run / detection path from ``results.json`` (relative to the cache, or absolute in
+    results written before this) as a path on this machine."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(results_dir) / res["cache"] / p
+
+
 def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md`` (and ``figures/``) for the results in ``out``.
 
@@ -290,8 +298,6 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{rj}: not valid JSON ({exc})") from None
     import matplotlib
-
-    from poisonsift.experiments import resolve_result_path
 
     for t in res["tables"].values():  # the runs and detections on this machine
         for r in t["rows"]:
