@@ -24,6 +24,8 @@ def test_scan_finds_the_attacked_class(attacked_run, method):
     on_disk = json.loads((attacked_run / "scan.json").read_text())
     assert {"method", "classes", "suspicious_classes", "n_flagged", "seconds", "n_poisoned_true", "tpr", "tnr"} <= set(on_disk)
     assert {"class", "n", "n_flagged", "evidence", "suspicious"} <= set(on_disk["classes"][0])
+    top = on_disk["classes"][0]["concentration_ratio"]
+    assert top is None if method == "ac" else top > 1  # HC: the poisoned mode is the more concentrated
     with np.load(attacked_run / "scan.npz") as z:
         assert set(z.files) == {"rows", "scores", "is_poisoned", "cluster_labels"}
         n = len(load_poisoned(attacked_run / "poisoned.npz").y_train)

@@ -97,7 +97,15 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
     evidence, llr = class_evidence(res.analysis, spec)
     return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
             "suspicious": bool(res.suspicious), "evidence": evidence, "llr": llr, "mixture": mt,
-            "class_test_by": res.analysis.get("class_test"), "seconds": time.perf_counter() - t}  # fmt: skip
+            "class_test_by": res.analysis.get("class_test"),
+            "focus_gain": res.analysis.get("concentration", {}).get("focus_gain"), "seconds": time.perf_counter() - t}  # fmt: skip
+
+
+def _ratio(gain: float | None) -> float | None:
+    """HC: how many times fewer pixels the concentrated mode's heatmaps hold their relevance on
+    than the rest's (exp of the concentration modes' gap; ``HCConfig.focus_ratio`` is the least
+    the concentration class test accepts), or None (AC, or one mode)."""
+    return float(np.exp(gain)) if gain is not None and np.isfinite(gain) else None
 
 
 def _mixture_evidence(mt: dict[str, Any], could_be_poison: bool) -> float:
@@ -195,7 +203,8 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), "evidence": r["evidence"],
              "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
              "separation": r["mixture"].get("separation"), "llr": r["llr"], "class_test_by": r["class_test_by"],
-             "concentrated": r["mixture"].get("concentrated"), "seconds": r["seconds"]}  # fmt: skip
+             "concentrated": r["mixture"].get("concentrated"),
+             "concentration_ratio": _ratio(r["focus_gain"]), "seconds": r["seconds"]}  # fmt: skip
         e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
         entries.append(e)
     for c in classes:

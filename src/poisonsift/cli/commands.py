@@ -187,14 +187,18 @@ def retrain_line(r: dict[str, Any]) -> str:
             f"{r['clean_accuracy_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}")  # fmt: skip
 
 
+def _focus(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def cmd_scan(args: argparse.Namespace) -> None:
     from poisonsift.scan import scan_run
 
     s = scan_run(args.run, detect_spec(args, args.method), executor=args.executor, jobs=args.jobs,
                  ray_address=args.ray_address, outlier_z=args.outlier_z)  # fmt: skip
-    lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8} {'outlier z':>9}  suspicious"]
-    lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.3f} {e['outlier_z']:>9.1f}  "
-              f"{'yes' if e['suspicious'] else ''}"
+    lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8} {'outlier z':>9} {'focus':>6}  suspicious"]
+    lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.3f} {e['outlier_z']:>9.1f} "
+              f"{_focus(e.get('concentration_ratio')):>6}  {'yes' if e['suspicious'] else ''}"
               for e in s["classes"][:10]]  # fmt: skip
     lines.append(f"suspicious classes: {s['suspicious_classes'] or 'none'}; {s['n_flagged']} images flagged"
                  + (f" (TPR {s['tpr']:.4f}, TNR {s['tnr']:.4f} against the run's ground truth)" if "tpr" in s else "")
