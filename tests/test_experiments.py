@@ -178,8 +178,17 @@ def test_run_keys_change_with_every_parameter_and_only_then(monkeypatch):
 
 def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):
     cache, out = tmp_path / "cache", tmp_path / "out"
+    before = ex.plan([tiny_table()], data=tiny_npz, cache=cache)  # computes and writes nothing
+    assert not cache.exists() and [r["status"] for r in before["runs"]] == ["poison", "poison"]
+    assert before["to_compute"] == {"surrogates": 0, "trainings": 2, "training_epochs": 2 * before["runs"][0]["epochs"],
+                                    "evaluations": 2, "detections": 4, "detections_total": 4}  # fmt: skip
     first = ex.reproduce([tiny_table()], data=tiny_npz, out=out, cache=cache, report=False)
     assert first["computed"] == {"runs": 2, "detections": 4, "units": 6}
+    after = ex.plan([tiny_table()], data=tiny_npz, cache=cache)
+    assert [r["status"] for r in after["runs"]] == ["cached", "cached"] and after["runs"][0]["tables"] == ["1"]
+    assert {k: v for k, v in after["to_compute"].items() if k != "detections_total"} == dict.fromkeys(
+        ("surrogates", "trainings", "training_epochs", "evaluations", "detections"), 0)
+    assert {r["key"] for r in after["runs"]} == {p.split("/")[-1] for row in first["tables"]["1"]["rows"] for p in row["runs"]}
     t = first["tables"]["1"]
     assert t["columns"] == ["ASR", "AC ACC", "AC TPR", "AC TNR", "PCA ACC", "PCA TPR", "PCA TNR"]
     row = t["rows"][0]
@@ -342,6 +351,17 @@ def test_cli_poison_shares(capsys, tiny_npz):
     assert main(["reproduce", "--table", "1", "--p", "5", "--data", tiny_npz]) == 2
     err = capsys.readouterr().err
     assert "poison shares in (0, 1)" in err and "Traceback" not in err
+
+
+def test_cli_plan_lists_what_is_left(capsys, tiny_npz, tmp_path):
+    assert main(["reproduce", "--table", "1,sizes", "--p", "0.33", "--data", tiny_npz, "--cache", str(tmp_path / "c"),
+                 "--plan", "--json"]) == 0  # fmt: skip
+    pl = json.loads(capsys.readouterr().out)
+    # table 1's p = 33 % run is the sizes table's s = 3 row: one run serves both
+    assert sorted((r["size"], r["tables"] == ["1", "sizes"]) for r in pl["runs"]) == [(1, False), (2, False), (3, True)]
+    assert pl["to_compute"]["trainings"] == 3 and not (tmp_path / "c").exists()
+    assert main(["reproduce", "--table", "1", "--p", "0.33", "--data", tiny_npz, "--cache", str(tmp_path / "c"), "--plan"]) == 0
+    assert "to compute: 0 surrogates, 1 trainings (4 epochs)" in capsys.readouterr().out
 
 
 def test_jobs_validation():

@@ -208,14 +208,27 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from poisonsift.experiments import reproduce
+    from poisonsift.experiments import plan, reproduce
     from poisonsift.report import table_markdown
 
+    train = {k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v and v != "small-inception"} or None
+    if args.plan:
+        pl = plan(args.table, data=args.data, preset=args.preset, repeats=args.repeats, cache=args.cache, train=train,
+                  ps=args.p)  # fmt: skip
+        lines = [f"{'run':<16} {'tables':<10} {'attack':<16} {'p':>5} {'s':>2} {'amp':>4} {'seed':>4} {'epochs':>6}  to do"]
+        lines += [f"{e['key']:<16} {','.join(e['tables']):<10} {e['attack']:<16} {e['p']:>5.2f} {e['size']:>2} "
+                  f"{e['amp']:>4} {e['seed']:>4} {e['epochs']:>6}  {'-' if e['status'] == 'cached' else e['status']}"
+                  for e in pl["runs"]]  # fmt: skip
+        c = pl["to_compute"]
+        lines.append(f"to compute: {c['surrogates']} surrogates, {c['trainings']} trainings ({c['training_epochs']} "
+                     f"epochs), {c['evaluations']} evaluations, {c['detections']} of {c['detections_total']} "
+                     f"detections (cache {pl['cache']})")  # fmt: skip
+        emit(args, pl, "\n".join(lines))
+        return
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
-        train={k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v and v != "small-inception"} or None,
-        ps=args.p,
+        train=train, ps=args.p,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]

@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threads", type=int, default=None,
                     help="torch threads per unit (default: this process's; with --jobs N or Ray: CPUs per unit)")
     rp.add_argument("--force", action="store_true", help="recompute every unit instead of using the cache")
+    rp.add_argument("--plan", action="store_true",
+                    help="compute nothing: list the runs these tables need, what the cache holds, and what is left "
+                         "(trainings and their epochs, evaluations, detections)")
     add_json(rp)
     rp.set_defaults(func=cmd_reproduce)
 

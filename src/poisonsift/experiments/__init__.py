@@ -32,7 +32,7 @@ Choices where the paper is silent (stated once here):
 
 from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import LocalExecutor, RayExecutor, make_executor
-from poisonsift.experiments.reproduce import assemble, reproduce
+from poisonsift.experiments.reproduce import assemble, plan, reproduce
 from poisonsift.report.reproduction import resolve_result_path  # results.json's format, read by the report
 from poisonsift.experiments.specs import (
     CPU_LOW_RATE_EPOCHS,
@@ -63,6 +63,7 @@ __all__ = [
     "reproduce",
     "assemble",
     "resolve_result_path",
+    "plan",
     "LocalExecutor",
     "RayExecutor",
     "make_executor",

@@ -117,6 +117,104 @@ def _total(seconds: Any) -> float:
     return float(seconds or 0.0)
 
 
+def _table_specs(tables, preset, repeats, train, ps) -> list[TableSpec]:
+    names: list[str | TableSpec] = []
+    for t in tables:
+        names.extend(TABLES if t == "all" else [t])
+    return [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps) for t in names]
+
+
+def _run_units(specs: list[TableSpec], fp: str) -> tuple[dict[str, RunSpec], dict[str, RunSpec]]:
+    """The distinct runs of the tables by key, and one run per distinct surrogate (by config hash)."""
+    runs: dict[str, RunSpec] = {}
+    for ts in specs:
+        for rs in ts.run_specs():
+            runs.setdefault(rs.key(fp), rs)
+    surrogates: dict[str, RunSpec] = {}
+    for rs in runs.values():
+        if rs.attack.needs_surrogate:
+            surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
+    return runs, surrogates
+
+
+def _detection_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], tuple[RunSpec, DetectSpec]]:
+    """The distinct (run key, detection key) units of the tables."""
+    units: dict[tuple[str, str], tuple[RunSpec, DetectSpec]] = {}
+    for ts in specs:
+        for row in ts.rows:
+            for d in ts.detections_for(row).values():
+                for rs in row.runs:
+                    units.setdefault((rs.key(fp), d.key()), (rs, d))
+    return units
+
+
+def plan(
+    tables: Sequence[str | TableSpec],
+    data: str | None = None,
+    preset: str = "cpu",
+    repeats: int | None = None,
+    cache: str | Path | None = None,
+    train: dict[str, Any] | None = None,
+    ps: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """What :func:`reproduce` with the same arguments would find in the cache and what it would
+    compute, without computing or writing anything.
+
+    Returns ``runs`` (one entry per distinct run: ``key``, ``attack``, ``p``, ``size``, ``amp``,
+    ``seed``, ``epochs``, ``tables`` and ``status``: ``cached``, ``evaluate``, ``train`` or
+    ``poison``, the first step still to do), ``surrogates`` (``epochs``, ``cached``) and
+    ``to_compute``: ``surrogates``, ``trainings``, ``training_epochs`` (the sum of their epochs,
+    what the time scales with), ``evaluations`` and ``detections`` (of ``detections_total``).
+    """
+    from poisonsift.data import resolve_data
+    from poisonsift.experiments.units import _stored_spec, run_dir
+    from poisonsift.runs import read_json, surrogate_path
+
+    specs = _table_specs(tables, preset, repeats, train, ps)
+    cache = Path(cache) if cache is not None else cache_dir() / "experiments"
+    d = resolve_data(data)
+    fp = d.fingerprint()
+    runs, surrogates = _run_units(specs, fp)
+    in_tables: dict[str, list[str]] = {}
+    for ts in specs:
+        for rs in ts.run_specs():
+            names = in_tables.setdefault(rs.key(fp), [])
+            if ts.name not in names:
+                names.append(ts.name)
+    entries = []
+    for key, rs in runs.items():
+        folder = run_dir(cache, key)
+        status = next((step for step, f in (("poison", "attack.json"), ("train", "train.json"),
+                                            ("evaluate", "metrics.json")) if not (folder / f).exists()), "cached")  # fmt: skip
+        a = rs.attack
+        entries.append({"key": key, "attack": a.kind, "p": a.p, "size": a.size, "amp": a.amp, "seed": rs.seed,
+                        "epochs": rs.train_config().epochs, "tables": in_tables[key], "status": status})  # fmt: skip
+    surs = []
+    for rs in surrogates.values():
+        cfg = rs.surrogate_config()
+        surs.append({"epochs": cfg.epochs, "cached": surrogate_path(d, cfg, cache / "surrogates").exists()})
+    dets = _detection_units(specs, fp)
+    missing = 0
+    for (key, _), (_, spec) in dets.items():
+        path = run_dir(cache, key) / "detections" / spec.filename()
+        ok = path.exists() and path.with_suffix(".npz").exists() and _stored_spec(read_json(path).get("spec")) == spec
+        missing += not ok
+    to_train = [e for e in entries if e["status"] in ("poison", "train")]
+    return {
+        "cache": str(cache),
+        "runs": entries,
+        "surrogates": surs,
+        "to_compute": {
+            "surrogates": sum(not s["cached"] for s in surs),
+            "trainings": len(to_train),
+            "training_epochs": sum(e["epochs"] for e in to_train),
+            "evaluations": sum(e["status"] != "cached" for e in entries),
+            "detections": missing,
+            "detections_total": len(dets),
+        },
+    }
+
+
 def reproduce(
     tables: Sequence[str | TableSpec],
     data: str | None = None,
@@ -143,10 +241,7 @@ def reproduce(
     to ``$POISONSIFT_CACHE/experiments``, shared by every output folder. Returns the results dict.
     """
     t0 = time.perf_counter()
-    names: list[str | TableSpec] = []
-    for t in tables:
-        names.extend(TABLES if t == "all" else [t])
-    specs = [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps) for t in names]
+    specs = _table_specs(tables, preset, repeats, train, ps)
     out = Path(out)
     cache = Path(cache) if cache is not None else cache_dir() / "experiments"
     cache.mkdir(parents=True, exist_ok=True)
@@ -160,14 +255,7 @@ def reproduce(
     base = {"data": data_path, "fingerprint": fp, "cache": str(cache), "force": force, "device": device,
             "threads": threads}  # fmt: skip
 
-    runs: dict[str, RunSpec] = {}
-    for ts in specs:
-        for rs in ts.run_specs():
-            runs.setdefault(rs.key(fp), rs)
-    surrogates: dict[str, RunSpec] = {}
-    for rs in runs.values():
-        if rs.attack.needs_surrogate:
-            surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
+    runs, surrogates = _run_units(specs, fp)
     # Two stages: the surrogates with every run that needs none, then the runs that need one.
     # Longest trainings first in each, so that with several jobs no worker waits on a long tail.
     run_list = list(runs.items())
@@ -181,13 +269,7 @@ def reproduce(
                            [rs.wants_gpu for *_, rs in stage], desc=desc)  # fmt: skip
         run_results.update({k: r for (u, _, k, _), r in zip(stage, out_stage) if u == "run"})
 
-    det_units: dict[tuple[str, str], tuple[RunSpec, DetectSpec]] = {}
-    for ts in specs:
-        for row in ts.rows:
-            for d in ts.detections_for(row).values():
-                for rs in row.runs:
-                    det_units.setdefault((rs.key(fp), d.key()), (rs, d))
-    det_list = list(det_units.items())
+    det_list = list(_detection_units(specs, fp).items())
     det_out = ex.map(
         execute_detection,
         [{**base, "dir": run_results[k[0]]["dir"], "detect": dataclasses.asdict(d)} for k, (_, d) in det_list],
