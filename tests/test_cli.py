@@ -148,7 +148,7 @@ def test_detect_cli_contract(tiny_data, tmp_path, capsys):
 def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     save_npz(tiny_data, tmp_path / "tiny.npz")
     d = run_json(capsys, "demo", "--data", str(tmp_path / "tiny.npz"), "--out", str(tmp_path / "demo"),
-                 "--epochs", "1", "--hc-subset", "4")  # fmt: skip
+                 "--epochs", "1", "--hc-subset", "4", "--relabel")  # fmt: skip
     assert {"clean_accuracy", "asr", "n_poisoned", "detection"} <= set(d)
     assert [x["method"] for x in d["detection"]] == ["ac", "hc"]
     # --every 2 (the default): one frame in two of each 4-frame track, 12 of each class's 24, and
@@ -169,6 +169,11 @@ def test_demo_on_tiny_data(tiny_data, tmp_path, capsys):
     # both trainings take the demo preset (the cpu preset without augmentation)
     cfgs = [json.loads((tmp_path / r / "train.json").read_text())["config"] for r in ("demo", "demo-clean")]
     assert cfgs[0] == cfgs[1] and cfgs[0]["augment"]["enabled"] is False and cfgs[0]["epochs"] == 1
+    # --relabel: a third run from the same flags, each flag relabelled or removed, and retrained
+    rel = d["relabel"]
+    assert rel["relabelled"] + rel["removed"] == d["scan"]["n_flagged"] and rel["relabel_from"].endswith("demo-clean")
+    assert sum(rel["relabelled_to"].values()) == rel["relabelled"] and "asr_after" in rel
+    assert (tmp_path / "demo-relabel" / "model.pt").is_file()
 
 
 @pytest.fixture

@@ -352,7 +352,7 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
         if not ckpt.is_file():
             raise DataError(f"--relabel-from {relabel_from} has no model.pt: train it first (e.g. clean ... --retrain)")
         model, norm = load_checkpoint(ckpt, device)
-        pred = predict(model, pd.x_train[flagged], norm, desc="relabel")
+        pred = predict(model, pd.x_train[flagged], norm, desc="relabel") if len(flagged) else flagged[:0]
         if len(pred) and pred.max() >= len(pd.classes):
             raise DataError(f"{ckpt} predicts class {int(pred.max())}, but {run} has {len(pd.classes)} classes")
         moved = pred != pd.y_train[flagged]

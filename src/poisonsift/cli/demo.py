@@ -22,7 +22,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = Path(args.out)
     say = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    steps = 5 if args.no_scan else 7
+    steps = 5 if args.no_scan else 8 if args.relabel else 7
     say(f"[1/{steps}] data")
     data = thin_tracks(resolve_data(args.data, allow_download=True), args.every)
     if args.every > 1:
@@ -41,10 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     hc_spec = detect_spec(args, "hc", subset=args.hc_subset)
     sc = None
     if not args.no_scan:  # first, so that the detection below reads the target class's heatmaps from it
-        say("[5/7] scan: HC on every class, no class given")
+        say(f"[5/{steps}] scan: HC on every class, no class given")
         sc = scan_run(out, detect_spec(args, "hc"))
         report = write_scan_report(out)
-    say(f"[{steps - 1 if sc else steps}/{steps}] detection on the target class: AC, and HC (fast engine, "
+    say(f"[{6 if sc else 5}/{steps}] detection on the target class: AC, and HC (fast engine, "
         f"{hc_spec.lrp_rule} LRP rule in {hc_spec.lrp_precision}) on {scope}")  # fmt: skip
     dets = [detect_run(out, detect_spec(args, "ac", rule=None)), detect_run(out, hc_spec)]
     obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets}
@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         lines.append(f"scan: top class {top['class']} (evidence {top['evidence']:.2f}), suspicious classes "
                      f"{sc['suspicious_classes'] or 'none'}, {sc['n_flagged']} images flagged (TPR {sc['tpr']:.4f}, "
                      f"TNR {sc['tnr']:.4f}); report {report['html']}")  # fmt: skip
-        say(f"[7/7] clean: remove the {sc['n_flagged']} flagged images, retrain ({args.epochs} epochs)")
+        say(f"[7/{steps}] clean: remove the {sc['n_flagged']} flagged images, retrain ({args.epochs} epochs)")
         cleaned = out.with_name(out.name + "-clean")
         rec = clean_run(out, cleaned, "scan")
         r = retrain_cleaned(out, cleaned)
@@ -66,6 +66,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
         obj["scan"] = {k: sc[k] for k in ("suspicious_classes", "n_flagged", "tpr", "tnr", "seconds")}
         obj["scan"]["top_class"] = top["class"]
         obj["clean"] = {**{k: v for k, v in rec.items() if k != "removed_rows"}, **r}
+        if args.relabel:
+            say(f"[8/8] relabel: flagged images the cleaned model puts in another class keep its label, the "
+                f"others are removed; retrain ({args.epochs} epochs)")  # fmt: skip
+            relabelled = out.with_name(out.name + "-relabel")
+            rel = clean_run(out, relabelled, "scan", relabel_from=cleaned)
+            r2 = retrain_cleaned(out, relabelled)
+            to = ", ".join(f"{k}: {v}" for k, v in rel["relabelled_to"].items()) or "none"
+            lines.append(f"relabelled {rel['relabelled']} images ({rel['relabelled_poisoned']} poisoned; to {to}), "
+                         f"removed {rel['removed']} -> {relabelled}")  # fmt: skip
+            lines.append(retrain_line(r2))
+            obj["relabel"] = {**{k: v for k, v in rel.items() if k not in ("removed_rows", "relabelled_rows")}, **r2}
     obj.update(seconds=time.perf_counter() - t0, out=str(out))
     lines.append(f"({obj['seconds']:.0f} s in all; artefacts in {out})")
     emit(args, obj, "\n".join(lines))

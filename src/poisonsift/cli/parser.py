@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arch(de)
     de.add_argument("--no-scan", action="store_true",
                     help="stop after the detection (skip the scan of every class and the cleaned retraining)")
+    de.add_argument("--relabel", action="store_true",
+                    help="end with a third training: the flagged images that the cleaned model puts in another "
+                         "class keep that label (a label flip undone), the others are removed (clean --relabel-from; "
+                         "about 3 minutes more)")
     de.add_argument("--seed", type=nonnegative_int, default=0)
     add_json(de)
     de.set_defaults(func=cmd_demo)
