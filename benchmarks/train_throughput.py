@@ -5,7 +5,8 @@
 "plain": fp32, contiguous (NCHW) tensors, torchvision's per-image augmentations
 of the paper applied image by image (as a DataLoader would), batch 64, Adam.
 "poisonsift": the ``cpu`` preset's step - whole-batch augmentation on uint8
-(:mod:`poisonsift.augment`), channels_last, bf16 autocast (fp32 master weights).
+(:mod:`poisonsift.augment`), channels_last - once in float32 and once with bf16 autocast (fp32
+master weights), and which of the two :func:`poisonsift.training.uses_bf16` picks on this machine.
 Not a test: numbers depend on the machine.
 """
 
@@ -22,7 +23,7 @@ from torchvision import transforms as T
 
 from poisonsift.augment import augment_batch
 from poisonsift.models import SmallInception
-from poisonsift.training import Normalizer, get_preset
+from poisonsift.training import Normalizer, get_preset, uses_bf16
 from poisonsift.utils import tune_allocator
 
 
@@ -60,7 +61,7 @@ def plain_loop(x, y, batch, steps, warmup=3) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def poisonsift_loop(x, y, batch, steps, warmup=3) -> float:
+def poisonsift_loop(x, y, batch, steps, bf16: bool, warmup=3) -> float:
     torch.manual_seed(0)
     cfg = get_preset("cpu", batch_size=batch)
     model = SmallInception().to(memory_format=torch.channels_last)
@@ -75,7 +76,7 @@ def poisonsift_loop(x, y, batch, steps, warmup=3) -> float:
             t0 = time.perf_counter()
         idx = torch.arange(i * batch, (i + 1) * batch) % len(xt)
         xb = norm(augment_batch(xt[idx], cfg.augment, g))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(xb)
         loss = nn.functional.cross_entropy(logits.float(), yt[idx])
         opt.zero_grad(set_to_none=True)
@@ -94,17 +95,21 @@ def main() -> None:
     tune_allocator()  # as the CLI does
     x, y = images(a.data, 4096)
     plain = plain_loop(x, y, a.batch, a.steps)
-    fast = poisonsift_loop(x, y, a.batch, a.steps)
-    res = {"threads": torch.get_num_threads(), "batch": a.batch, "steps": a.steps,
-           "plain_img_per_s": plain, "poisonsift_img_per_s": fast, "ratio": fast / plain}  # fmt: skip
+    fp32 = poisonsift_loop(x, y, a.batch, a.steps, bf16=False)
+    bf16 = poisonsift_loop(x, y, a.batch, a.steps, bf16=True)
+    chosen = "bfloat16" if uses_bf16("cpu", True) else "float32"
+    fast = bf16 if chosen == "bfloat16" else fp32
+    res = {"threads": torch.get_num_threads(), "batch": a.batch, "steps": a.steps, "plain_img_per_s": plain,
+           "poisonsift_float32_img_per_s": fp32, "poisonsift_bfloat16_img_per_s": bf16, "chosen": chosen,
+           "poisonsift_img_per_s": fast, "ratio": fast / plain}  # fmt: skip
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"{'loop':<12} {'images/s':>9}   (batch {a.batch}, {a.steps} steps, {res['threads']} threads)")
-        print(f"{'plain eager':<12} {plain:9.1f}")
-        print(f"{'poisonsift':<12} {fast:9.1f}")
-        print(f"{'ratio':<12} {res['ratio']:9.2f}x")
-
+        print(f"{'loop':<20} {'images/s':>9}   (batch {a.batch}, {a.steps} steps, {res['threads']} threads)")
+        print(f"{'plain eager':<20} {plain:9.1f}")
+        print(f"{'poisonsift float32':<20} {fp32:9.1f}")
+        print(f"{'poisonsift bfloat16':<20} {bf16:9.1f}")
+        print(f"{'chosen here':<20} {chosen:>9}   ({res['ratio']:.2f}x plain)")
 
 if __name__ == "__main__":
     main()

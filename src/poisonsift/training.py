@@ -7,7 +7,7 @@ Presets (:data:`PRESETS`):
 * ``cpu`` - all of GTSRB on 2 CPU cores in about 9 minutes on a Xeon with AMX (bfloat16;
   about 35 in float32 on a 2-core AVX2 EPYC: 68 images/s, measured): 4 epochs,
   batch 64, Adam with a one-cycle schedule peaking at 2e-3, bf16 autocast where it pays
-  (:func:`uses_bf16`: CUDA or AMX; float32 elsewhere) and channels_last. See :data:`PRESETS` for why the augmentation is milder and
+  (:func:`uses_bf16`: CUDA, AMX, or AVX512-BF16 on AMD; float32 elsewhere) and channels_last. See :data:`PRESETS` for why the augmentation is milder and
   why 4 epochs.
 * ``demo`` - ``poisonsift demo``'s two trainings: the ``cpu`` preset for 2 epochs without
   augmentation (see :data:`PRESETS` for the measurement behind it).
@@ -189,7 +189,8 @@ class TrainResult:
 
 def uses_bf16(device: torch.device | str, enabled: bool) -> bool:
     """Whether a config's ``bf16=enabled`` trains in bfloat16 on ``device``: only where it pays
-    (:func:`poisonsift.utils.bfloat16_pays`: CUDA, or a CPU with AMX). Elsewhere float32, which
+    (:func:`poisonsift.utils.bfloat16_pays`: CUDA, a CPU with AMX, or an AMD CPU with AVX512-BF16).
+    Elsewhere float32, which
     is faster there; ``train.json`` records which (``bf16_used``), as the two round differently."""
     from poisonsift.utils import bfloat16_pays
 

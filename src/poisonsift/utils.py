@@ -239,14 +239,22 @@ def auto_batch_size(model: torch.nn.Module, sample: torch.Tensor, cap: int = 64)
     return max(1, min(cap, (_MMAP_LIMIT - 4096) // max(largest[0], 1)))
 
 
-def _cpu_flags() -> list[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+def _cpu_info() -> tuple[str, list[str]] | None:
+    """The CPU's vendor id and feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            lines = [line for line in f if line.startswith(("flags", "vendor_id"))]
     except OSError:
         return None
-    return flags or None
+    flags = next((line.split(":", 1)[-1].split() for line in lines if line.startswith("flags")), [])
+    vendor = next((line.split(":", 1)[-1].strip() for line in lines if line.startswith("vendor_id")), "")
+    return (vendor, flags) if flags else None
+
+
+def _cpu_flags() -> list[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    info = _cpu_info()
+    return None if info is None else info[1]
 
 
 def native_bfloat16(device) -> bool | None:
@@ -268,18 +276,23 @@ def native_bfloat16(device) -> bool | None:
 def bfloat16_pays(device) -> bool | None:
     """Whether bfloat16 autocast makes training faster on ``device`` (None: cannot tell).
 
-    CUDA: where bfloat16 is supported. CPU: only with AMX-BF16 (the tile unit): measured with the
-    ``cpu`` preset's step (SmallInception, batch 64, channels_last, one thread), a Xeon with
-    AVX512-BF16 but no AMX trained 1.33x *slower* in bfloat16 than in float32 (22-24 against
-    30-31 images/s) and a 2-core AVX2 EPYC 15x slower (emulated: 3 against ~45 images/s); a Xeon
-    with AMX trained the ``cpu`` preset in bfloat16 in 810-841 s a model, the fastest CPU we measured
-    (no float32 run on it to compare).
+    CUDA: where bfloat16 is supported. CPU: with AMX-BF16 (the tile unit), or with AVX512-BF16 on
+    an AMD CPU (Zen 4 and later). Measured with the ``cpu`` preset's step (SmallInception, batch
+    64, channels_last, torch 2.14.1): a Xeon with AVX512-BF16 but no AMX trained 1.33x *slower*
+    in bfloat16 than in float32 (22-24 against 30-31 images/s, one thread), a 2-core AVX2 EPYC 15x
+    slower (emulated: 3 against ~45 images/s); a 2-core Zen 4 EPYC with AVX512-BF16 **1.7-2.0x
+    faster** (143-167 against 84-90 images/s on two threads, 86-95 against 47-50 on one;
+    ``benchmarks/train_throughput.py --precision``); a Xeon with AMX trained the ``cpu`` preset in
+    bfloat16 in 810-841 s a model, the fastest CPU we measured.
     """
     device = torch.device(device)
     if device.type != "cpu":
         return native_bfloat16(device)
-    flags = _cpu_flags()
-    return None if flags is None else "amx_bf16" in flags
+    info = _cpu_info()
+    if info is None:
+        return None
+    vendor, flags = info
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
 def resolve_precision(precision: str, device=None) -> str:

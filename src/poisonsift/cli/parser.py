@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lrp-rule", default="paper", choices=LRP_RULES,
                         help="hc: LRP rule: paper (the paper's epsilon rule with exponent 2, BatchNorm passed; "
                              "default) or epsilon-gamma-box (zennit's composite, BatchNorm folded)")
-        auto = " or auto (bfloat16 where it pays: a CPU with AMX, a GPU with bfloat16)" if lrp_precision == "auto" else ""
+        auto = " or auto (bfloat16 where it pays: a CPU with AMX or AMD's AVX512-BF16, a GPU with bfloat16)" if lrp_precision == "auto" else ""
         sp.add_argument("--lrp-precision", default=lrp_precision,
                         choices=[*LRP_PRECISIONS, "auto"] if lrp_precision == "auto" else LRP_PRECISIONS,
                         help=f"hc: LRP products in float32 or bfloat16{auto}; default {lrp_precision}. bfloat16 "
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True)
     ev.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
                     help="the model's forward pass: float32 (default, the tables'), bfloat16 autocast, or auto "
-                         "(bfloat16 where it pays: a CPU with AMX, ~2.4x faster there; 20-29 of 12,630 test "
+                         "(bfloat16 where it pays: a CPU with AMX or AMD's AVX512-BF16, ~2.4x faster with AMX; 20-29 of 12,630 test "
                          "predictions differed on the demo's models); metrics.json records which")  # fmt: skip
     add_json(ev)
     ev.set_defaults(func=cmd_evaluate)
