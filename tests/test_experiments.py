@@ -231,6 +231,19 @@ def test_repeated_rows_give_mean_and_variance(tmp_path, tiny_npz):
     assert len(set(r["runs"])) == 2  # two seeds, two poisoned sets and models
     assert r["ours"]["ASR mean"] == pytest.approx(np.mean(asr)) and r["ours"]["ASR var"] == pytest.approx(np.var(asr, ddof=1))
     assert r["paper"]["AC ACC mean"] == 90.36 and r["diff"]["AC ACC var"] == pytest.approx(r["ours"]["AC ACC var"] - 6.81)
+    # each repeat's own values travel along, so the mean and variance can be checked (and merged)
+    assert [pr["seed"] for pr in r["per_run"]] == [0, 1] and [pr["ASR"] for pr in r["per_run"]] == pytest.approx(asr)
+    tpr = [pr["AC TPR"] for pr in r["per_run"]]
+    assert r["ours"]["AC TPR mean"] == pytest.approx(np.mean(tpr)) and r["ours"]["AC TPR var"] == pytest.approx(np.var(tpr, ddof=1))
+    from poisonsift.report.reproduction import per_run_rows
+
+    head, cells = per_run_rows(res["tables"]["5"])
+    assert head == ["p", "seed", "ASR", "AC ACC", "AC TPR", "AC TNR"] and [c[1] for c in cells] == ["0", "1"]
+    assert per_run_rows({"rows": [{"label": {"p": 33}, "ours": {}}]}) is None  # one run a row: no such table
+    from poisonsift.report import write_report
+
+    md = write_report(tmp_path / "out", figures=False)["md"].read_text()
+    assert "Each run:" in md and "| p | seed | ASR | AC ACC | AC TPR | AC TNR |" in md
 
 
 def test_resume_after_a_killed_run(tmp_path, tiny_npz, monkeypatch):

@@ -49,8 +49,9 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
             dets = {a: det_results[(key, d.key())] for a, d in table.detections_for(row).items()}
             per_run.append((run_results[key], dets))
         ours: dict[str, float | None] = {}
+        by_col: dict[str, list[float | None]] = {}
         for col in table.columns:
-            vals = [_value(col, row, rr, dd) for rr, dd in per_run]
+            vals = by_col[col.name] = [_value(col, row, rr, dd) for rr, dd in per_run]
             if len(per_run) == 1:
                 ours[col.name] = vals[0]
             else:
@@ -68,6 +69,9 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
                         **{a: [dd[a]["seconds"] for _, dd in per_run] for a in table.detections_for(row)}},
             "per_class_asr": per_run[0][0]["metrics"].get("per_class_asr"),
         })  # fmt: skip
+        if len(per_run) > 1:  # each repeat's own values, so a mean or a variance can be checked and merged
+            rows_out[-1]["per_run"] = [{"seed": rs.seed, **{c: v[i] for c, v in by_col.items()}}
+                                       for i, rs in enumerate(row.runs)]  # fmt: skip
     cols = list(rows_out[0]["ours"])
     return {"name": table.name, "title": table.title, "key": table.key, "columns": cols,
             "note": paper.get(table.name, {}).get("note"), "rows": rows_out}  # fmt: skip

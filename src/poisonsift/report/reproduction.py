@@ -255,6 +255,18 @@ def table_markdown(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_run_rows(t: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Header and cells of each repeat's values (rows with several runs: Table 5), or None."""
+    rows = [r for r in t["rows"] if r.get("per_run")]
+    if not rows:
+        return None
+    label_keys = list(rows[0]["label"])
+    cols = [c for c in rows[0]["per_run"][0] if c != "seed"]
+    cells = [[*(str(r["label"][k]) for k in label_keys), str(pr["seed"]), *(_fmt(pr.get(c)) for c in cols)]
+             for r in rows for pr in r["per_run"]]  # fmt: skip
+    return [*label_keys, "seed", *cols], cells
+
+
 def _timing_rows(res: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t in res["tables"].values():
@@ -364,6 +376,15 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             md += [f"Paper: {t['note']}.", ""]
         h.append(_html_table(t))
         md += [table_markdown(t), ""]
+        runs_table = per_run_rows(t)
+        if runs_table:
+            head, cells = runs_table
+            h.append("<details><summary>each run</summary><table class='result per-run'><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+                     + "</table></details>")  # fmt: skip
+            md += ["Each run:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            md += ["| " + " | ".join(row) + " |" for row in cells] + [""]
         if t["name"] == "fig6" and figs.get("fig6"):
             h.append(f"<img src='{rel(figs['fig6'])}' alt='per-class ASR'>")
             md += [f"![per-class ASR]({rel(figs['fig6'])})", ""]
