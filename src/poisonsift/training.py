@@ -190,8 +190,7 @@ class TrainResult:
 def uses_bf16(device: torch.device | str, enabled: bool) -> bool:
     """Whether a config's ``bf16=enabled`` trains in bfloat16 on ``device``: only where it pays
     (:func:`poisonsift.utils.bfloat16_pays`: CUDA, a CPU with AMX, or an AMD CPU with AVX512-BF16).
-    Elsewhere float32, which
-    is faster there; ``train.json`` records which (``bf16_used``), as the two round differently."""
+    Elsewhere float32, which is faster there; ``train.json`` records which (``bf16_used``), as the two round differently."""
     from poisonsift.utils import bfloat16_pays
 
     return bool(enabled) and bfloat16_pays(device) is not False

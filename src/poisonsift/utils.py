@@ -282,7 +282,7 @@ def bfloat16_pays(device) -> bool | None:
     in bfloat16 than in float32 (22-24 against 30-31 images/s, one thread), a 2-core AVX2 EPYC 15x
     slower (emulated: 3 against ~45 images/s); a 2-core Zen 4 EPYC with AVX512-BF16 **1.7-2.0x
     faster** (143-167 against 84-90 images/s on two threads, 86-95 against 47-50 on one;
-    ``benchmarks/train_throughput.py --precision``); a Xeon with AMX trained the ``cpu`` preset in
+    ``benchmarks/train_throughput.py``, which times both); a Xeon with AMX trained the ``cpu`` preset in
     bfloat16 in 810-841 s a model, the fastest CPU we measured.
     """
     device = torch.device(device)
