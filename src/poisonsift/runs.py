@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from poisonsift.attacks import Attack, LabelConsistent, PoisonedData, attack_from_config
+from poisonsift.attacks import Attack, PoisonedData, attack_from_config
 from poisonsift.data import ImageData, read_npz, save_npz
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.metrics import attack_success_rate, clean_accuracy, mean_asr, per_class_asr
@@ -64,7 +64,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def save_poisoned(pd: PoisonedData, path: str | os.PathLike) -> None:
     """Write a :class:`PoisonedData` as ``poisoned.npz`` (atomically)."""
-    save_npz(pd.as_image_data(), path, poison_mask=pd.poison_mask, source_index=pd.source_index)
+    extra = {} if pd.cover_mask is None else {"cover_mask": pd.cover_mask}
+    save_npz(pd.as_image_data(), path, poison_mask=pd.poison_mask, source_index=pd.source_index, **extra)
 
 
 def load_poisoned(path: str | os.PathLike) -> PoisonedData:
@@ -75,9 +76,12 @@ def load_poisoned(path: str | os.PathLike) -> PoisonedData:
     clean = ImageData(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]], a.get("group_train"))
     if a["poison_mask"].shape != a["y_train"].shape or a["poison_mask"].dtype != bool:
         raise DataError(f"{path}: poison_mask must be a bool array aligned with y_train")
+    cover = a.get("cover_mask")
+    if cover is not None and (cover.shape != a["y_train"].shape or cover.dtype != bool):
+        raise DataError(f"{path}: cover_mask must be a bool array aligned with y_train")
     return PoisonedData(
         clean.x_train, clean.y_train, a["poison_mask"], a["source_index"].astype(np.int64),
-        clean.x_test, clean.y_test, clean.classes, clean.group_train,
+        clean.x_test, clean.y_test, clean.classes, clean.group_train, cover,
     )  # fmt: skip
 
 
@@ -124,6 +128,7 @@ def poison_run(data: ImageData, attack: Attack, out: str | os.PathLike, seed: in
     target_size = int((pd.y_train == attack.target_class).sum())
     summary = {
         "n_poisoned": pd.n_poisoned,
+        "n_cover": pd.n_cover,
         "target_class_size": target_size,
         "poison_share": pd.n_poisoned / target_size,
     }
@@ -188,7 +193,7 @@ def evaluate_run(run: str | os.PathLike, device=None, precision: str = "float32"
         "n_triggered": int(len(pred)),
         "precision": precision,
     }
-    if isinstance(attack, LabelConsistent):
+    if len(np.unique(y_true)) > 1:  # label-consistent and all-to-one attacks: every non-target class
         pc = per_class_asr(pred, y_true, attack.target_class)
         metrics["per_class_asr"] = {str(k): v for k, v in pc.items()}
         metrics["masr"] = mean_asr(pc)
@@ -363,7 +368,8 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
     keep[removed] = False
     group = pd.group_train[keep] if pd.group_train is not None else None
     left = PoisonedData(pd.x_train[keep], y[keep], pd.poison_mask[keep], pd.source_index[keep],
-                        pd.x_test, pd.y_test, pd.classes, group)  # fmt: skip
+                        pd.x_test, pd.y_test, pd.classes, group,
+                        None if pd.cover_mask is None else pd.cover_mask[keep])  # fmt: skip
     save_poisoned(left, out / "poisoned.npz")
     atomic_write_json(out / "attack.json", read_json(run / "attack.json"))
     record = {

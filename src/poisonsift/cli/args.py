@@ -27,6 +27,15 @@ def class_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--class must be a class index or 'auto', got {text!r}") from None
 
 
+def source_class_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--source-class must be a class index or 'all' (all-to-one), got {text!r}") from None
+
+
 def whole_number_at_least(low: int):
     def parse(text: str) -> int:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonsift.cli.args import color_arg
+from poisonsift.errors import ConfigError
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
@@ -36,19 +37,46 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
           f"{d.num_classes} classes ({obj['seconds']:.1f} s)")  # fmt: skip
 
 
+#: ``poison``'s --p where none is given: the paper's share of the target class for source -> target
+#: and label-consistent attacks; backdoor-toolbox's GTSRB poison rates for all-to-one.
+DEFAULT_P = 0.33
+ALL_TO_ONE_P = {"standard": 0.01, "blended": 0.01, "wanet": 0.05, "adaptive-blend": 0.003}
+
+
 def build_attack(args: argparse.Namespace, data=None, device=None):
     """The attack object described by ``poison``'s flags."""
-    from poisonsift.attacks import AmplitudeTrigger, LabelConsistent, PGDConfig, StandardBackdoor, StickerTrigger
+    from poisonsift import attacks as A
     from poisonsift.runs import surrogate_provider
     from poisonsift.training import get_preset
 
-    if args.attack == "amplitude":
-        trigger = AmplitudeTrigger(amp=args.amp, size=args.size)
+    name = args.attack
+    if name in ("standard", "blended", "wanet", "adaptive-blend"):
+        source = args.source_class if args.source_class is not None else (2 if name in ("standard", "blended") else A.ALL)
+        p = args.p if args.p is not None else ALL_TO_ONE_P[name] if source == A.ALL else DEFAULT_P
+        common = dict(p=p, source_class=source, target_class=args.target_class)
+        if name == "standard":
+            return A.StandardBackdoor(**common, trigger=A.StickerTrigger(size=args.size, color=color_arg(args.color)))
+        if name == "wanet":
+            trigger = A.WarpTrigger(k=args.k, strength=args.strength)
+            return A.WaNet(**common, trigger=trigger, cross_ratio=args.cross_ratio)
+        alpha, test_alpha = (0.15, 0.2) if name == "adaptive-blend" else (0.2, None)
+        trigger = A.BlendTrigger(alpha=args.alpha if args.alpha is not None else alpha,
+                                 test_alpha=args.test_alpha if args.test_alpha is not None else
+                                 (test_alpha if args.alpha is None else None), pattern=args.pattern)  # fmt: skip
+        if name == "blended":
+            return A.Blended(**common, trigger=trigger)
+        return A.AdaptiveBlend(**common, trigger=trigger, cover_rate=args.cover_rate, pieces=args.pieces,
+                               mask_rate=args.mask_rate)  # fmt: skip
+    if args.source_class is not None:
+        raise ConfigError(f"--source-class is for the label-flipping attacks; {name} keeps every label")
+    p = args.p if args.p is not None else DEFAULT_P
+    if name == "sig":
+        return A.SIG(p=p, target_class=args.target_class, trigger=A.SinusoidTrigger(delta=args.delta, freq=args.freq))
+    if name == "amplitude":
+        trigger = A.AmplitudeTrigger(amp=args.amp, size=args.size)
     else:
-        trigger = StickerTrigger(size=args.size, color=color_arg(args.color))
-    if args.attack == "standard":
-        return StandardBackdoor(p=args.p, source_class=args.source_class, target_class=args.target_class, trigger=trigger)
-    pgd = PGDConfig(eps=args.eps, norm=args.norm)
+        trigger = A.StickerTrigger(size=args.size, color=color_arg(args.color))
+    pgd = A.PGDConfig(eps=args.eps, norm=args.norm)
     surrogate = None
     if data is not None:
         if args.surrogate:
@@ -60,8 +88,8 @@ def build_attack(args: argparse.Namespace, data=None, device=None):
         else:
             cfg = get_preset(args.surrogate_preset, epochs=args.surrogate_epochs, seed=args.seed)
             surrogate = surrogate_provider(data, cfg, device)
-    return LabelConsistent(
-        p=args.p, target_class=args.target_class, trigger=trigger, pgd=pgd, surrogate=surrogate,
+    return A.LabelConsistent(
+        p=p, target_class=args.target_class, trigger=trigger, pgd=pgd, surrogate=surrogate,
         device=str(device or "cpu"),
     )  # fmt: skip
 
@@ -71,11 +99,14 @@ def cmd_poison(args: argparse.Namespace) -> None:
     from poisonsift.runs import poison_run
     from poisonsift.utils import default_device
 
+    attack = build_attack(args)  # every flag checked before the data is read
     data = resolve_data(args.data)
-    attack = build_attack(args, data, default_device())
+    if args.attack in ("label-consistent", "amplitude"):
+        attack = build_attack(args, data, default_device())  # with its surrogate
     s = poison_run(data, attack, args.out, seed=args.seed)
+    covers = f" and {s['n_cover']} cover images (labels kept)" if s["n_cover"] else ""
     emit(args, {**s, "out": str(args.out)},
-          f"{args.attack}: {s['n_poisoned']} poisoned images, {s['poison_share']:.1%} of target class "
+          f"{args.attack}: {s['n_poisoned']} poisoned images{covers}, {s['poison_share']:.1%} of target class "
           f"{attack.target_class} ({s['target_class_size']} images) -> {Path(args.out) / 'poisoned.npz'}"
           + ("; a control run: train and evaluate it for the floor ASR" if s["n_poisoned"] == 0 else ""))  # fmt: skip
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, positive_int, shares_arg,
-                                 tables_arg)  # fmt: skip
+                                 source_class_arg, tables_arg)  # fmt: skip
 from poisonsift.cli.commands import (cmd_clean, cmd_data_prepare, cmd_detect, cmd_evaluate, cmd_poison,
                                      cmd_report, cmd_reproduce, cmd_scan, cmd_train)  # fmt: skip
 from poisonsift.cli.demo import cmd_demo
@@ -93,14 +93,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     po = sub.add_parser("poison", help="poison a data set; writes DIR/poisoned.npz and DIR/attack.json")
     po.add_argument("--data", required=True, help="prepared .npz or a source folder")
-    po.add_argument("--attack", required=True, choices=["standard", "label-consistent", "amplitude"])
-    po.add_argument("--source-class", type=int, default=2, help="standard attack: class to relabel (default 2)")
+    from poisonsift.attacks import ATTACKS
+
+    po.add_argument("--attack", required=True, choices=ATTACKS,
+                    help="standard (the paper's sticker, label flipped), label-consistent (PGD on a surrogate, then "
+                         "the sticker), amplitude (label-consistent with the reduced-amplitude trigger), blended "
+                         "(Chen et al. 2017: a pattern blended over the image), sig (Barni et al. 2019: a "
+                         "label-consistent sinusoid), wanet (Nguyen and Tran 2021: a fixed warp, with noise mode), "
+                         "adaptive-blend (Qi et al. 2023: a blend cut into pieces, with covers)")
+    po.add_argument("--source-class", type=source_class_arg, default=None,
+                    help="standard, blended, wanet, adaptive-blend: class to relabel, or 'all' for all-to-one (any "
+                         "class -> the target; then --p is a share of the whole training set). Default: 2 for "
+                         "standard and blended, all for wanet and adaptive-blend")
     po.add_argument("--target-class", type=int, default=5, help="target class (default 5, speed limit 80)")
     po.add_argument("--size", type=int, default=3, help="sticker side in pixels (default 3)")
-    po.add_argument("--p", type=float, default=0.33,
-                    help="poisoned share of the target class (default 0.33; 0: an unpoisoned control run, 'evaluate' then gives the floor ASR)")
+    po.add_argument("--p", type=float, default=None,
+                    help="poison rate: the poisoned share of the target class for a source -> target or "
+                         "label-consistent attack (default 0.33, the paper's), of the whole training set for "
+                         "all-to-one (default: backdoor-toolbox's - wanet 0.05, adaptive-blend 0.003, standard and "
+                         "blended 0.01); 0: an unpoisoned control run, 'evaluate' then gives the floor ASR")
     po.add_argument("--amp", type=int, default=255, help="amplitude attack: trigger amplitude (default 255)")
     po.add_argument("--color", default="245,255,0", help="sticker colour R,G,B (default 245,255,0)")
+    po.add_argument("--pattern", default="noise",
+                    help="blended, adaptive-blend: 'noise' (a seeded uniform-noise image of the data's size; "
+                         "default) or the path of an image file, resized to the data's size")
+    po.add_argument("--alpha", type=float, default=None,
+                    help="blended, adaptive-blend: blend weight of the training poison in (0, 1] (default 0.2; "
+                         "adaptive-blend 0.15)")
+    po.add_argument("--test-alpha", type=float, default=None,
+                    help="blended, adaptive-blend: blend weight of the test trigger (default: --alpha; "
+                         "adaptive-blend 0.2)")
+    po.add_argument("--delta", type=float, default=20.0, help="sig: amplitude on the 0-255 scale (default 20)")
+    po.add_argument("--freq", type=float, default=6.0, help="sig: periods across the image (default 6)")
+    po.add_argument("--k", type=int, default=4, help="wanet: control grid of the warping field, k x k (default 4)")
+    po.add_argument("--strength", type=float, default=0.5, help="wanet: warping strength s (default 0.5)")
+    po.add_argument("--cross-ratio", type=float, default=2.0,
+                    help="wanet: noise-mode images (random warps, labels kept) per poisoned image (default 2)")
+    po.add_argument("--cover-rate", type=float, default=0.003,
+                    help="adaptive-blend: cover images (partial triggers, labels kept), a share of the training set "
+                         "(default 0.003)")
+    po.add_argument("--pieces", type=int, default=16, help="adaptive-blend: trigger pieces, a square (default 16)")
+    po.add_argument("--mask-rate", type=float, default=0.5,
+                    help="adaptive-blend: share of the pieces left out of each poisoned image (default 0.5)")
     po.add_argument("--eps", type=float, default=16 / 255, help="PGD ball radius on the [0,1] scale (default 16/255)")
     po.add_argument("--norm", choices=["linf", "l2"], default="linf", help="PGD ball (default linf)")
     po.add_argument("--surrogate", help="label-consistent: checkpoint of the surrogate (default: train one, cached)")
