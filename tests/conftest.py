@@ -103,3 +103,36 @@ def attacked_run(tmp_path_factory):
     poison_run(make_tiny_data(n_per_class=40), attack, d, seed=0)
     train_run(d, get_preset("cpu", epochs=3, seed=0))
     return d
+
+
+def make_smooth_data(n_per_class: int = 40, num_classes: int = 6, n_test: int = 8, seed: int = 0) -> ImageData:
+    """Smooth images (a class colour and a random low-frequency shading, no pixel noise), so that a
+    clean model's heatmaps are smooth and a texture trigger's are not."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(40, 215, size=(num_classes, 3))
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+
+    def block(n):
+        y = np.repeat(np.arange(num_classes), n)
+        a, b = rng.uniform(-40, 40, size=(2, len(y), 1, 1))
+        shade = a * (xx - 0.5) + b * (yy - 0.5)
+        x = palette[y][:, None, None, :] + shade[..., None]
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    x_tr, y_tr = block(n_per_class)
+    x_te, y_te = block(n_test)
+    return ImageData(x_tr, y_tr, x_te, y_te, [f"c{i}" for i in range(num_classes)], np.arange(len(y_tr)) // 4)
+
+
+@pytest.fixture(scope="session")
+def blended_run(tmp_path_factory):
+    """Class 5 holds 20 images of class 2 with Chen et al.'s noise blended in (alpha 0.2), relabelled;
+    a SmallInception trained 3 epochs on smooth synthetic images."""
+    from poisonsift.attacks import Blended
+    from poisonsift.runs import poison_run, train_run
+    from poisonsift.training import get_preset
+
+    d = tmp_path_factory.mktemp("blend") / "run"
+    poison_run(make_smooth_data(), Blended(p=0.33, source_class=2, target_class=5), d, seed=0)
+    train_run(d, get_preset("cpu", epochs=3, seed=0, augment={"enabled": False}))
+    return d

@@ -195,3 +195,43 @@ def test_ac_hc_gate_skips_hc_on_a_clean_looking_class():
     gate_ac = ACConfig(layer="act", reduce="pca", rule=ClusterRule("relative-size"))  # 40 images: see above
     res = GatedHeatmapClustering(GateConfig(ac=gate_ac)).detect(Probe(), x, np.full(40, 5))
     assert not res.suspicious and "HC not run" in res.analysis["gate"] and "lrp" not in res.seconds
+
+
+def _blob_heatmaps(n: int, rng, rough: bool) -> np.ndarray:
+    """Smooth Gaussian blobs (a clean model's relevance on a sign) or, with ``rough``, the same
+    blobs times pixel noise (a blended noise trigger's speckled relevance)."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    cy, cx = rng.uniform(12, 20, size=(2, n, 1, 1))
+    h = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(4, 6, size=(n, 1, 1)) ** 2))
+    return (h * rng.uniform(0, 2, size=h.shape) if rough else h).astype(np.float32)
+
+
+def test_hc_roughness_class_test_finds_speckled_heatmaps():
+    from poisonsift.defences import ClusterRule, HCConfig, HeatmapClustering
+    from poisonsift.explain import relevance_roughness
+
+    rng = np.random.default_rng(0)
+    heat = np.concatenate([_blob_heatmaps(80, rng, False), _blob_heatmaps(20, rng, True)])
+    truth = np.r_[np.zeros(80, bool), np.ones(20, bool)]
+    r = relevance_roughness(heat)
+    assert r[truth].min() > r[~truth].max() + np.log(2)  # over 2x rougher, every one
+    cfg = dict(rule=ClusterRule("mixture-tail"), view_samples=0)
+    res = HeatmapClustering(HCConfig(**cfg)).cluster(heat)
+    assert res.suspicious and res.analysis["class_test"] == "roughness"  # GW and concentration see nothing
+    assert res.analysis["roughness"]["rough_gain"] > np.log(2)
+    assert res.is_poisoned[truth].mean() >= 0.95 and not res.is_poisoned[~truth].any()
+    assert np.array_equal(res.scores, r)
+    assert not HeatmapClustering(HCConfig(**cfg, rough_ratio=None)).cluster(heat).suspicious
+    # the same clean class alone: nothing suspicious, by any of the three tests
+    clean = HeatmapClustering(HCConfig(**cfg)).cluster(heat[~truth])
+    assert not clean.suspicious and not clean.analysis["roughness"]["class_test"]
+
+
+def test_roughness_is_log_laplacian_share():
+    from poisonsift.explain import relevance_roughness
+
+    flat = np.ones((1, 8, 8))
+    assert relevance_roughness(flat)[0] == pytest.approx(np.log(1e-12))  # a constant map has no detail
+    spike = np.zeros((1, 8, 8))
+    spike[0, 4, 4] = 1.0  # |L h| = 4 at the spike + 1 at each of its 4 neighbours, |h| = 1
+    assert relevance_roughness(spike)[0] == pytest.approx(np.log(8.0))

@@ -18,8 +18,10 @@
    the concentration with ``focus_ratio``, :class:`~poisonsift.defences.HCConfig`) **and** its evidence is an outlier
    among the classes (modified z-score > 3.5 against every class's plain two-mode ratio:
    natural sub-structure differs from model to model, a backdoor stands out of it - the
-   cross-class MAD test Neural Cleanse uses for its trigger norms). Only suspicious classes keep
-   their flags.
+   cross-class MAD test Neural Cleanse uses for its trigger norms). HC's third class test, the
+   heatmaps' roughness (:class:`~poisonsift.defences.HCConfig` ``rough_ratio``: a blended trigger's
+   speckled relevance), is calibrated by its effect size instead and not gated. Only suspicious
+   classes keep their flags; they are listed first, then the others by evidence.
 
    Why not Ashman's D alone (the first version): on a real p = 33 % run the attacked class's
    D was 6.1, but 9 clean classes also passed D >= 2 (small classes, diffuse minorities) and a
@@ -135,6 +137,9 @@ def class_evidence(analysis: dict[str, Any], spec: DetectSpec) -> tuple[float, f
     if "llr" in cm:
         ev = max(ev, _mixture_evidence(cm, mode_gap(cm) > 0))
         llr = max(llr, float(cm["llr"]))
+    rm = analysis.get("roughness", {}) if hc else {}
+    if rm.get("class_test"):  # only where the roughness test fired: the baseline stays GW's and the concentration's
+        ev = max(ev, _mixture_evidence(rm, True))
     return ev, llr
 
 
@@ -197,7 +202,10 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     entries = []
     for c, r, zc in zip(big, results, z):
         rows = np.asarray(r["rows"])
-        sus = bool(r["suspicious"] and zc > outlier_z)
+        # The roughness test is calibrated by its own effect size (rough_ratio, measured against every
+        # clean class of two models) rather than against the other classes' GW and concentration
+        # structure, which a texture trigger need not change: it is not gated by the outlier test.
+        sus = bool(r["suspicious"] and (zc > outlier_z or r["class_test_by"] == "roughness"))
         scores[rows], labels[rows] = r["scores"], r["cluster_labels"]
         flagged[rows] = np.asarray(r["is_poisoned"]) & sus
         e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), "evidence": r["evidence"],
@@ -211,7 +219,7 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         if int(c) not in big:
             entries.append({"class": int(c), "n": int((pd.y_train == c).sum()), "n_flagged": 0, "evidence": 0.0,
                             "suspicious": False, "outlier_z": 0.0, "skipped": f"fewer than {min_size} images"})  # fmt: skip
-    entries.sort(key=lambda e: -e["evidence"])
+    entries.sort(key=lambda e: (not e["suspicious"], -e["evidence"]))  # suspicious classes first
     summary: dict[str, Any] = {
         "method": spec.method,
         "rule": spec.rule,

@@ -53,16 +53,24 @@ nonnegative_int = whole_number_at_least(0)
 positive_int = whole_number_at_least(1)
 
 
-def focus_ratio_arg(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value == 0:
-        return None
-    if not value > 1:
-        raise argparse.ArgumentTypeError(f"--focus-ratio must be > 1 (or 0: off), got {text!r}")
-    return value
+def ratio_arg(flag: str):
+    """A ratio flag: > 1, or 0 for off (None)."""
+
+    def parse(text: str) -> float | None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if value == 0:
+            return None
+        if not value > 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be > 1 (or 0: off), got {text!r}")
+        return value
+
+    return parse
+
+
+focus_ratio_arg = ratio_arg("--focus-ratio")
 
 
 def tables_arg(text: str) -> list[str]:

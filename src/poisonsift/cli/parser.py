@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, positive_int, shares_arg,
-                                 source_class_arg, tables_arg)  # fmt: skip
+                                 ratio_arg, source_class_arg, tables_arg)  # fmt: skip
 from poisonsift.cli.commands import (cmd_clean, cmd_data_prepare, cmd_detect, cmd_evaluate, cmd_poison,
                                      cmd_report, cmd_reproduce, cmd_scan, cmd_train)  # fmt: skip
 from poisonsift.cli.demo import cmd_demo
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hc with the concentration sample score: a class is also suspicious where a mode of "
                              "its heatmaps holds its relevance on at most 1/R as many pixels as the rest (the "
                              "low-rate poison the GW split does not separate; default 2; 0: the GW class test alone)")
+        sp.add_argument("--rough-ratio", type=ratio_arg("--rough-ratio"), default=2.0,
+                        help="hc with the concentration sample score: a class is also suspicious where a mode of "
+                             "its heatmaps is at least R times rougher (pixel-to-pixel detail, as a blended noise "
+                             "trigger's relevance) than the rest; its images are flagged by that mode (default 2; "
+                             "0: off)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")

@@ -37,8 +37,8 @@ class DetectSpec:
     are set from this spec). ``ac_reduce`` is AC's reduction (``pca-whiten``, or the paper's ``pca``;
     :data:`~poisonsift.defences.activation.AC_REDUCTIONS`), also the AC of ``ac-hc``. ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid``,
     ``one_sided``, ``sample_score`` (None: ``concentration`` under the mixture rules, ``gw``
-    under the others; see :mod:`poisonsift.defences.heatmap`) and ``focus_ratio`` (the second
-    class test, :class:`~poisonsift.defences.heatmap.HCConfig`) are HC's.
+    under the others; see :mod:`poisonsift.defences.heatmap`), ``focus_ratio`` and ``rough_ratio``
+    (the second and third class tests, :class:`~poisonsift.defences.heatmap.HCConfig`) are HC's.
     """
 
     method: str
@@ -57,6 +57,7 @@ class DetectSpec:
     sample_score: str | None = None
     ac_reduce: str = "pca-whiten"
     focus_ratio: float | None = 2.0
+    rough_ratio: float | None = 2.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -79,7 +80,7 @@ class DetectSpec:
                         subset=self.subset, rule=self.decision, cache_dir=cache_dir, view_samples=self.view_samples,
                         lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid,
                         one_sided=self.one_sided, sample_score=self.sample_score,
-                        focus_ratio=self.focus_ratio)  # fmt: skip
+                        focus_ratio=self.focus_ratio, rough_ratio=self.rough_ratio)  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,12 +94,16 @@ class DetectSpec:
 
             fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
         else:
-            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score", "focus_ratio"):
+            for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score", "focus_ratio",
+                      "rough_ratio"):
                 del fields[k]
         if self.method not in ("ac", "ac-hc"):
             del fields["ac_reduce"]
-        if fields.get("sample_score") != "concentration":  # the second class test reads the concentration only
+        if fields.get("sample_score") != "concentration":  # the second and third class tests need it
             fields.pop("focus_ratio", None)
+            fields.pop("rough_ratio", None)
+        elif fields.get("rough_ratio") is None:  # keys as before the roughness test existed
+            fields.pop("rough_ratio", None)
         for k, default in (("lrp_precision", "float32"), ("grid", 32), ("sample_score", "gw"),
                            ("ac_reduce", "pca")):  # keys as before the field existed  # fmt: skip
             if fields.get(k) == default:

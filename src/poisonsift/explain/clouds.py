@@ -121,6 +121,25 @@ def relevance_concentration(heatmaps: np.ndarray) -> np.ndarray:
         return np.where(p > 0, p * np.log(p), 0.0).sum(1)
 
 
+def relevance_roughness(heatmaps: np.ndarray) -> np.ndarray:
+    """How much of each heatmap's relevance sits in pixel-to-pixel detail: ``log(|L h|_1 / |h|_1)``,
+    (N,) float64 (nats), with ``L h`` the 4-neighbour discrete Laplacian on the interior pixels.
+
+    A trigger spread over the whole image as fine texture (Chen et al.'s blended noise) draws
+    the relevance of a backdoored model onto that texture: the heatmap turns speckled rather than
+    concentrated. Measured on real GTSRB (blended 1 -> 38, p = 15 %, demo preset): poisoned maps
+    2.8x rougher than the class's clean ones (AUROC 0.998), where the concentration
+    (:func:`relevance_concentration`, AUROC 0.66) and the 99 % clouds' size (0.41) do not tell
+    them apart. A map of zeros scores ``log(1e-12)``.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3 or min(h.shape[1:]) < 3:
+        raise DataError(f"heatmaps must be (N, H, W) with H, W >= 3, got shape {h.shape}")
+    lap = 4 * h[:, 1:-1, 1:-1] - h[:, :-2, 1:-1] - h[:, 2:, 1:-1] - h[:, 1:-1, :-2] - h[:, 1:-1, 2:]
+    total = np.abs(h).sum((1, 2))
+    return np.log(np.abs(lap).sum((1, 2)) / np.where(total > 0, total, 1.0) + 1e-12)
+
+
 class _BadHeatmap(Exception):
     """(index in the chunk, reason): :func:`point_clouds` turns it into one DataError."""
 
