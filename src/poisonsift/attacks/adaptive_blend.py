@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from poisonsift.attacks.base import (ALL, PoisonedData, SourceClass, assemble, check_class, choose_covers,
-                                     choose_relabelled, control)  # fmt: skip
+from poisonsift.attacks.base import (ALL, PoisonedData, SourceClass, assemble, choose_covers,
+                                     choose_relabelled)  # fmt: skip
 from poisonsift.attacks.standard import StandardBackdoor
 from poisonsift.attacks.triggers import BlendTrigger, Trigger, piece_masks
 from poisonsift.data import ImageData
@@ -59,11 +59,7 @@ class AdaptiveBlend(StandardBackdoor):
         n, h, w = images.shape[:3]
         return self.trigger.apply(images, mask=piece_masks(n, h, w, self.pieces, self.kept_pieces, rng))
 
-    def poison(self, data: ImageData, seed: int = 0) -> PoisonedData:
-        if self.p == 0:
-            check_class(self.target_class, data, "target")
-            return control(data)
-        rng = np.random.default_rng(seed)
+    def _poison(self, data: ImageData, rng: np.random.Generator) -> PoisonedData:
         chosen = choose_relabelled(data, self.p, self.source_class, self.target_class, rng)
         covers = choose_covers(len(data.y_train), int(round(self.cover_rate * len(data.y_train))), chosen, rng)
         x, y = data.x_train.copy(), data.y_train.copy()

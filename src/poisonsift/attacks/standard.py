@@ -50,7 +50,11 @@ class StandardBackdoor(Attack):
         if self.p == 0:
             check_class(self.target_class, data, "target")
             return control(data)
-        x, y, chosen = self._payload(data, np.random.default_rng(seed))
+        return self._poison(data, np.random.default_rng(seed))
+
+    def _poison(self, data: ImageData, rng: np.random.Generator) -> PoisonedData:
+        """The attack proper (``p > 0``); the families with covers add theirs here."""
+        x, y, chosen = self._payload(data, rng)
         return assemble(data, x, y, chosen)
 
     def config(self) -> dict[str, Any]:

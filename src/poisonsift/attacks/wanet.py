@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from poisonsift.attacks.base import ALL, PoisonedData, SourceClass, assemble, check_class, choose_covers, control
+from poisonsift.attacks.base import ALL, PoisonedData, SourceClass, assemble, choose_covers
 from poisonsift.attacks.standard import StandardBackdoor
 from poisonsift.attacks.triggers import Trigger, WarpTrigger
 from poisonsift.data import ImageData
@@ -39,11 +39,7 @@ class WaNet(StandardBackdoor):
         if not self.cross_ratio >= 0:
             raise ConfigError(f"--cross-ratio must be >= 0 (0: no noise mode), got {self.cross_ratio}")
 
-    def poison(self, data: ImageData, seed: int = 0) -> PoisonedData:
-        if self.p == 0:
-            check_class(self.target_class, data, "target")
-            return control(data)
-        rng = np.random.default_rng(seed)
+    def _poison(self, data: ImageData, rng: np.random.Generator) -> PoisonedData:
         x, y, chosen = self._payload(data, rng)
         covers = choose_covers(len(y), int(round(self.cross_ratio * len(chosen))), chosen, rng)
         x[covers] = self.trigger.noisy(data.x_train[covers], rng)
