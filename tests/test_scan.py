@@ -187,7 +187,8 @@ def test_sample_score_follows_the_rule_and_keys_the_detection():
 def test_concentration_class_test_finds_a_small_concentrated_group():
     """2 % of a class with a trigger-like spot: the concentration's own class test calls the class
     (whatever the GW split does with so small a group), flags the group and nothing else; with
-    ``focus_ratio`` None only the GW class test is left."""
+    ``focus_ratio`` None the narrower spots are also rougher, so the roughness test calls it; with
+    both None only the GW class test is left."""
     from poisonsift.defences import DetectSpec, build_defence
 
     rng = np.random.default_rng(1)
@@ -198,8 +199,10 @@ def test_concentration_class_test_finds_a_small_concentrated_group():
     assert res.suspicious and cm["class_test"] and cm["focus_gain"] >= np.log(2)
     assert res.analysis["class_test"] == "concentration" and not res.analysis["mixture"]["suspicious"]  # GW: no
     assert res.is_poisoned[490:].all() and not res.is_poisoned[:490].any()
-    off = build_defence(dataclasses.replace(spec, focus_ratio=None)).cluster(heat)
-    assert off.analysis.get("class_test") != "concentration"
+    rough = build_defence(dataclasses.replace(spec, focus_ratio=None)).cluster(heat)
+    assert rough.analysis["class_test"] == "roughness" and rough.is_poisoned[490:].all()
+    off = build_defence(dataclasses.replace(spec, focus_ratio=None, rough_ratio=None)).cluster(heat)
+    assert off.analysis.get("class_test") not in ("concentration", "roughness")
     assert off.suspicious is (off.analysis["mixture"]["suspicious"] and off.analysis["mixture"]["concentrated"])
 
 
@@ -296,13 +299,16 @@ def test_clean_relabels_what_a_cleaned_model_puts_elsewhere(attacked_run, tmp_pa
 
 
 def test_scan_finds_a_blended_trigger(blended_run):
-    """A noise pattern blended over the whole image, learned (ASR 1 here): the scan calls the target
-    class and no other, and flags its poison. Six classes give the cross-class test only six values
-    (the concentration evidence of class 5 is 1.33 nats against 0 elsewhere, z = 2.8), so the gate
-    is set at 2.5 here; real GTSRB's 43 classes keep the default 3.5 (docs/attacks.md)."""
+    """A noise pattern blended over the whole image, learned (ASR 1 here): the scan (defaults) calls
+    the target class by the roughness test and no other, and flags its poison and nothing else."""
     from poisonsift.runs import evaluate_run
 
     assert evaluate_run(blended_run)["asr"] >= 0.8  # the backdoor is learned
-    s = scan_run(blended_run, "hc", outlier_z=2.5)
+    s = scan_run(blended_run, "hc")
     assert s["classes"][0]["class"] == 5 and s["suspicious_classes"] == [5]
+    assert s["classes"][0]["class_test_by"] == "roughness"
     assert s["tpr"] >= 0.95 and s["tnr"] >= 0.98
+    from poisonsift.defences import DetectSpec
+
+    off = scan_run(blended_run, DetectSpec("hc", rough_ratio=None))  # without it, as before the test existed
+    assert all(c["class_test_by"] != "roughness" for c in off["classes"])

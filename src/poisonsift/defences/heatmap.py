@@ -235,17 +235,22 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
 
 
 def _flag_by_roughness(sub: DetectionResult, rough: np.ndarray, cfg: HCConfig) -> None:
-    """The roughness class test (``HCConfig.rough_ratio``) on a class that the GW and concentration
-    tests left clean: a minority mode of rougher heatmaps, ``rough_ratio`` times rougher or more,
-    makes the class suspicious; its images are flagged by the mode's posterior, and the scores
-    become the roughness. A class already suspicious keeps its flags; the record is kept either way."""
+    """The roughness class test (``HCConfig.rough_ratio``): a minority mode of rougher heatmaps,
+    ``rough_ratio`` times rougher or more, makes the class suspicious; its images are flagged by
+    the mode's posterior, and the scores become the roughness. It takes precedence over a GW split
+    that no effect-size test backs (the concentration test did not fire): such a split may follow
+    any structure of the class, the rough mode is the trigger's texture (synthetic blended runs,
+    seeds 2 and 4: GW called the class with TPR 0 and 0.75, the roughness flags had TPR 1). A class
+    that the concentration test called keeps its flags; the record is kept either way."""
     rule = dataclasses.replace(cfg.rule, rule="mixture")
     flagged, _, rm = mixture_flags(rough, rule, 1)
     gain = mode_gap(rm)
     test = bool(flagged.any() and gain >= np.log(cfg.rough_ratio))
     sub.analysis["roughness"] = {**rm, "rough_gain": gain, "class_test": test}
-    if sub.suspicious or not test:
+    if not test or sub.analysis.get("concentration", {}).get("class_test"):
         return
+    if sub.suspicious:
+        sub.analysis["roughness"]["over"] = sub.analysis.get("class_test", "gw")
     sub.analysis["class_test"] = "roughness"
     sub.suspicious = True
     sub.scores = rough
