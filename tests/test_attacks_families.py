@@ -126,3 +126,16 @@ def test_poison_cli_all_to_one_defaults(tiny_data, tmp_path, capsys):
                  "--out", str(tmp_path / "b"), "--json"]) == 0  # fmt: skip
     cfg = json.loads((tmp_path / "b" / "attack.json").read_text())
     assert cfg["p"] == 0.01 and cfg["trigger"]["alpha"] == 0.2  # backdoor-toolbox's rate; Chen et al.'s alpha
+
+
+def test_attack_config_without_trigger_takes_the_family_default():
+    """A hand-written config may name only what it changes; the trigger is then the family's."""
+    from poisonsift.attacks import SIG, AmplitudeTrigger, Blended, LabelConsistent
+
+    assert attack_from_config({"attack": "blended", "p": 0.1, "source_class": 1, "target_class": 3}) == Blended(
+        p=0.1, source_class=1, target_class=3)
+    assert attack_from_config({"attack": "sig", "p": 0.2, "target_class": 3}) == SIG(p=0.2, target_class=3)
+    amp = attack_from_config({"attack": "amplitude", "p": 0.2, "target_class": 3})
+    assert isinstance(amp, LabelConsistent) and isinstance(amp.trigger, AmplitudeTrigger)
+    with pytest.raises(ConfigError, match="lacks source_class"):
+        attack_from_config({"attack": "wanet", "p": 0.1, "target_class": 3})

@@ -5,7 +5,9 @@ read once from a source folder and stored as a ``.npz`` with the arrays
 ``x_train`` (N, 32, 32, 3) uint8, ``y_train`` (N,) int64, ``x_test``,
 ``y_test``, ``classes`` (str) and ``group_train`` (int64: GTSRB track id, used
 to split train/validation without near-duplicate leakage; the row index when
-the source has no tracks).
+the source has no tracks) and ``path_train`` (str: each training image's source file, relative
+to the folder it was read from, so that a flagged row names the file to remove; absent in data
+made from arrays).
 
 Supported sources:
 
@@ -79,6 +81,10 @@ class ImageData:
         y_test: (M,) int64.
         classes: class names, index = label.
         group_train: (N,) int64 group ids (GTSRB track) for leakage-free validation splits.
+        path_train: (N,) str or None: each training image's source file, relative to the folder
+            :func:`prepare` read (POSIX separators); None for data made from arrays.
+
+    The test set may be empty (M = 0): an audit scans every image it is given and holds none out.
     """
 
     x_train: np.ndarray
@@ -87,12 +93,18 @@ class ImageData:
     y_test: np.ndarray
     classes: list[str]
     group_train: np.ndarray | None = None
+    path_train: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.group_train is None:
             self.group_train = np.arange(len(self.y_train), dtype=np.int64)
         validate_arrays(self.x_train, self.y_train, len(self.classes), "x_train/y_train")
-        validate_arrays(self.x_test, self.y_test, len(self.classes), "x_test/y_test", require_all_classes=False)
+        validate_arrays(self.x_test, self.y_test, len(self.classes), "x_test/y_test", require_all_classes=False,
+                        allow_empty=True)  # fmt: skip
+        if self.path_train is not None:
+            self.path_train = np.asarray(self.path_train, dtype=str)
+            if self.path_train.shape != self.y_train.shape:
+                raise DataError(f"path_train has shape {self.path_train.shape}, expected {self.y_train.shape}")
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise DataError(f"test images are {self.x_test.shape[1:]}, training images {self.x_train.shape[1:]}: one size for both")
         if self.group_train.shape != self.y_train.shape:
@@ -112,7 +124,8 @@ class ImageData:
 
 
 def validate_arrays(
-    x: np.ndarray, y: np.ndarray, num_classes: int, what: str, require_all_classes: bool = True
+    x: np.ndarray, y: np.ndarray, num_classes: int, what: str, require_all_classes: bool = True,
+    allow_empty: bool = False,
 ) -> None:
     """Raise :class:`DataError` unless ``x`` is (N, H, W, 3) uint8 (H, W >= 8; GTSRB is 32 x 32) and
     ``y`` (N,) integer in range.
@@ -130,6 +143,8 @@ def validate_arrays(
     if len(x) != len(y):
         raise DataError(f"{what}: {len(x)} images but {len(y)} labels")
     if len(y) == 0:
+        if allow_empty:
+            return
         raise DataError(f"{what}: no images")
     if y.min() < 0 or y.max() >= num_classes:
         raise DataError(f"{what}: labels must lie in [0, {num_classes - 1}], found {y.min()}..{y.max()}")
@@ -217,7 +232,13 @@ def _find_gtsrb(root: Path) -> tuple[Path, Path, Path] | None:
     return None
 
 
-def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bool, size: int = IMAGE_SIZE) -> ImageData:
+def _relative(items: Sequence[tuple[Path, tuple | None]], root: Path) -> np.ndarray:
+    """The items' files relative to ``root``, with POSIX separators (stable across systems)."""
+    return np.asarray([Path(os.path.relpath(p, root)).as_posix() for p, _ in items], dtype=str)
+
+
+def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bool, size: int = IMAGE_SIZE,
+                   root: Path | None = None) -> ImageData:  # fmt: skip
     class_dirs = sorted(d for d in train_dir.iterdir() if d.is_dir() and d.name.isdigit())
     if not class_dirs:
         raise DataError(f"{train_dir}: no class folders (000NN) found")
@@ -243,6 +264,7 @@ def _prepare_gtsrb(train_dir: Path, test_dir: Path, test_csv: Path, roi_crop: bo
         y_test=np.asarray(t_y, dtype=np.int64),
         classes=list(classes),
         group_train=np.asarray(g, dtype=np.int64),
+        path_train=_relative(items, root or train_dir),
     )
 
 
@@ -254,6 +276,7 @@ def _list_image_folder(root: Path) -> dict[str, list[Path]]:
 
 
 def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0, size: int = IMAGE_SIZE) -> ImageData:
+    """``test_fraction`` 0: every image of a flat tree is a training image (an audit), no test set."""
     if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
         train = _list_image_folder(root / "train")
         test = _list_image_folder(root / "test" if (root / "test").is_dir() else root / "val")
@@ -287,7 +310,7 @@ def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0
 
     tr_items, y_tr = flat(train)
     te_items, y_te = flat(test)
-    if not te_items:
+    if not te_items and test_fraction > 0:
         raise DataError(f"{root}: no test images (add ROOT/test/<class>/ or more images per class)")
     return ImageData(
         x_train=_read_many(tr_items, "reading train", size),
@@ -295,11 +318,12 @@ def _prepare_image_folder(root: Path, test_fraction: float = 0.25, seed: int = 0
         x_test=_read_many(te_items, "reading test", size),
         y_test=y_te,
         classes=classes,
+        path_train=_relative(tr_items, root),
     )
 
 
 def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi_crop: bool = False,
-            size: int = IMAGE_SIZE) -> ImageData:  # fmt: skip
+            size: int = IMAGE_SIZE, test_fraction: float = 0.25) -> ImageData:  # fmt: skip
     """Read a source folder (GTSRB official / torchvision / ImageFolder) into :class:`ImageData`.
 
     Args:
@@ -308,7 +332,14 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi
         roi_crop: crop GTSRB images to their annotated region of interest before resizing.
         size: side of the square images every image is resized to (default 32, GTSRB's and the
             paper's; the attacks' sticker and window scale with it, see ``StickerTrigger.placement``).
+        test_fraction: share of each class of a flat ImageFolder tree held out as the test set (the
+            paper's 25 %); 0 keeps every image for training (an audit). GTSRB and train/test trees
+            keep their own test sets.
+
+    Every training image's source file is kept, relative to ``source``, as ``path_train``.
     """
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if size < MIN_IMAGE_SIZE:
         raise DataError(f"--size {size}: images need a side of at least {MIN_IMAGE_SIZE} pixels")
     root = Path(source).expanduser()
@@ -318,11 +349,11 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike | None = None, roi
         raise DataError(f"{root}: is a file, expected a folder (or pass a prepared .npz)")
     found = _find_gtsrb(root)
     if found is not None:
-        data = _prepare_gtsrb(*found, roi_crop=roi_crop, size=size)
+        data = _prepare_gtsrb(*found, roi_crop=roi_crop, size=size, root=root)
     else:
         if roi_crop:
             raise DataError(f"{root}: --roi-crop needs GTSRB annotations; this is not a GTSRB folder")
-        data = _prepare_image_folder(root, size=size)
+        data = _prepare_image_folder(root, test_fraction, size=size)
     if out is not None:
         save_npz(data, out)
     return data
@@ -338,6 +369,7 @@ def save_npz(data: ImageData, path: str | os.PathLike, **extra: np.ndarray) -> N
         y_test=data.y_test,
         classes=np.asarray(data.classes, dtype=str),
         group_train=data.group_train,
+        **({} if data.path_train is None else {"path_train": data.path_train}),
         **extra,
     )
 
@@ -374,6 +406,7 @@ def load_npz(path: str | os.PathLike) -> ImageData:
             y_test=arrays["y_test"],
             classes=classes,
             group_train=arrays.get("group_train"),
+            path_train=arrays.get("path_train"),
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
@@ -466,7 +499,7 @@ def thin_tracks(data: ImageData, step: int) -> ImageData:
     rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
     keep = np.sort(order[rank % step == 0])
     return ImageData(data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, list(data.classes),
-                     data.group_train[keep])  # fmt: skip
+                     data.group_train[keep], None if data.path_train is None else data.path_train[keep])  # fmt: skip
 
 
 def _listing_signature(root: Path) -> str:

@@ -73,7 +73,8 @@ def load_poisoned(path: str | os.PathLike) -> PoisonedData:
     path = Path(path)
     a = read_npz(path, {"x_train", "y_train", "poison_mask", "source_index", "x_test", "y_test", "classes"},
                  f"no poisoned data set here; run `poisonsift poison --out {path.parent}` first")  # fmt: skip
-    clean = ImageData(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]], a.get("group_train"))
+    clean = ImageData(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]],
+                      a.get("group_train"), a.get("path_train"))  # fmt: skip
     if a["poison_mask"].shape != a["y_train"].shape or a["poison_mask"].dtype != bool:
         raise DataError(f"{path}: poison_mask must be a bool array aligned with y_train")
     cover = a.get("cover_mask")
@@ -81,7 +82,7 @@ def load_poisoned(path: str | os.PathLike) -> PoisonedData:
         raise DataError(f"{path}: cover_mask must be a bool array aligned with y_train")
     return PoisonedData(
         clean.x_train, clean.y_train, a["poison_mask"], a["source_index"].astype(np.int64),
-        clean.x_test, clean.y_test, clean.classes, clean.group_train, cover,
+        clean.x_test, clean.y_test, clean.classes, clean.group_train, cover, clean.path_train,
     )  # fmt: skip
 
 
@@ -369,7 +370,8 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
     group = pd.group_train[keep] if pd.group_train is not None else None
     left = PoisonedData(pd.x_train[keep], y[keep], pd.poison_mask[keep], pd.source_index[keep],
                         pd.x_test, pd.y_test, pd.classes, group,
-                        None if pd.cover_mask is None else pd.cover_mask[keep])  # fmt: skip
+                        None if pd.cover_mask is None else pd.cover_mask[keep],
+                        None if pd.path_train is None else pd.path_train[keep])  # fmt: skip
     save_poisoned(left, out / "poisoned.npz")
     atomic_write_json(out / "attack.json", read_json(run / "attack.json"))
     record = {

@@ -31,9 +31,11 @@
 
 Writes ``run/scan.json`` (``method``, ``classes`` [``class``, ``n``, ``n_flagged``, ``evidence``,
 ``suspicious``, ``outlier_z``, ``class_test``, ``class_test_by``, ``llr``, ``separation``, ``n_poisoned_true``], ``suspicious_classes``, ``n_flagged``,
-``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run), and
-the ground truth's ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set - every run holds it, a
-control run of ``p = 0`` with no poisoned image included) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
+``seconds`` per stage, ``features`` (the cached heatmaps / activations, relative to the run),
+``flagged_files`` (the flagged images' source files, where the data was read from a folder), and
+for a run made by ``poison`` (it has ``attack.json``; a control run of ``p = 0`` and a cleaned run
+included) the ground truth's ``n_poisoned_true``, ``tpr``, ``tnr`` over the whole set - an audit's
+run has no ground truth and no such keys) and ``run/scan.npz`` (``rows``, ``scores``, ``is_poisoned``,
 ``cluster_labels`` for every training image; scores are comparable within a class only).
 """
 
@@ -179,7 +181,10 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         raise ConfigError("scan clusters whole classes; --subset is for detect")
     run = Path(run)
     t0 = time.perf_counter()
+    # every argument checked before the LRP / activation pass (minutes on a real data set)
+    ex = make_executor(executor, ray_address, jobs=jobs) if isinstance(executor, str) else executor
     pd = load_poisoned(run / "poisoned.npz")
+    truth = (run / "attack.json").is_file()  # made by `poison`; an audit's run has no ground truth
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     feats = _features(run, spec, pd, device)
@@ -188,7 +193,6 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     big = [int(c) for c in classes if (pd.y_train == c).sum() >= min_size]
     if not big:
         raise DataError(f"no class has {min_size} or more training images to split")
-    ex = make_executor(executor, ray_address, jobs=jobs) if isinstance(executor, str) else executor
     base = {"features": str(feats), "spec": spec.to_dict(), "threads": getattr(ex, "cpus_per_task", None)}
     tasks = [{**base, "rows": np.flatnonzero(pd.y_train == c).tolist()} for c in big]
     t = time.perf_counter()
@@ -213,7 +217,8 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
              "separation": r["mixture"].get("separation"), "llr": r["llr"], "class_test_by": r["class_test_by"],
              "concentrated": r["mixture"].get("concentrated"),
              "concentration_ratio": _ratio(r["focus_gain"]), "seconds": r["seconds"]}  # fmt: skip
-        e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
+        if truth:
+            e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
         entries.append(e)
     for c in classes:
         if int(c) not in big:
@@ -234,9 +239,11 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         "executor": ex.name,
         "features": os.path.relpath(feats, run),  # the heatmaps / activations, for the report
     }
-    # Every run holds its ground truth (poisoned.npz), a control run (p = 0) or a cleaned run included.
-    m = detection_metrics(pd.poison_mask, flagged)
-    summary.update(n_poisoned_true=int(pd.poison_mask.sum()), tpr=m["tpr"], tnr=m["tnr"])
+    if pd.path_train is not None:  # which files: the user's question
+        summary["flagged_files"] = pd.path_train[flagged].tolist()
+    if truth:  # a run made by `poison` (a control or cleaned run included) knows its poison
+        m = detection_metrics(pd.poison_mask, flagged)
+        summary.update(n_poisoned_true=int(pd.poison_mask.sum()), tpr=m["tpr"], tnr=m["tnr"])
     summary["seconds"]["total"] = time.perf_counter() - t0
     atomic_write_npz(run / "scan.npz", rows=np.arange(n), scores=scores, is_poisoned=flagged, cluster_labels=labels)
     atomic_write_json(run / "scan.json", summary)

@@ -157,13 +157,38 @@ def source_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
+_BAR_SHOWN = False  # a progress bar has drawn on stderr since the last end_progress_line()
+
+
 def progress(**kwargs: Any) -> tqdm:
     """A tqdm bar on stderr (stdout stays clean for ``--json``); silenced by ``POISONSIFT_QUIET=1``."""
+    global _BAR_SHOWN
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("disable", os.environ.get("POISONSIFT_QUIET") == "1")
-    return tqdm(**kwargs)
+    bar = tqdm(**kwargs)
+    _BAR_SHOWN = _BAR_SHOWN or (not bar.disable and kwargs["file"] is sys.stderr)
+    return bar
+
+
+def forget_progress_bars() -> None:
+    """A new command starts at the start of a line: what earlier bars drew is not its concern."""
+    global _BAR_SHOWN
+    _BAR_SHOWN = False
+
+
+def end_progress_line() -> None:
+    """Put stderr at the start of a clean line, so that a message printed next (an ``error:``) is
+    not appended to a progress bar's line: a terminal's line is cleared, a log (not a terminal),
+    where the bar's carriage returns do not clear anything, gets a newline."""
+    global _BAR_SHOWN
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    if _BAR_SHOWN:
+        sys.stderr.write("\r\x1b[K" if sys.stderr.isatty() else "\n")
+        sys.stderr.flush()
+    _BAR_SHOWN = False
 
 
 def default_device() -> torch.device:

@@ -66,18 +66,25 @@ _EXTRA = {"wanet": ("cross_ratio",), "adaptive-blend": ("cover_rate", "pieces", 
 
 
 def attack_from_config(cfg: dict[str, Any], surrogate=None, device: str = "cpu") -> Attack:
-    """Rebuild an attack from its ``config()`` (as stored in ``attack.json``)."""
+    """Rebuild an attack from its ``config()`` (as stored in ``attack.json``). ``trigger`` (and a
+    label-consistent attack's ``pgd``) may be left out: the family's defaults then."""
     name = cfg.get("attack")
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
-    trigger = trigger_from_config(cfg["trigger"])
+    need = {"p", "target_class"} | ({"source_class"} if name in _RELABELLING else set())
+    missing = sorted(need - set(cfg))
+    if missing:
+        raise ConfigError(f"attack config {name!r} lacks {', '.join(missing)}")
+    kw: dict[str, Any] = {"trigger": trigger_from_config(cfg["trigger"])} if "trigger" in cfg else {}
     if name in _RELABELLING:
         extra = {k: cfg[k] for k in _EXTRA.get(name, ()) if k in cfg}
         return _RELABELLING[name](p=cfg["p"], source_class=cfg["source_class"], target_class=cfg["target_class"],
-                                  trigger=trigger, **extra)  # fmt: skip
+                                  **kw, **extra)  # fmt: skip
+    if name == "amplitude" and not kw:
+        kw["trigger"] = AmplitudeTrigger()  # the reduced-amplitude attack is label-consistent with it
     if name == "sig":
-        return SIG(p=cfg["p"], target_class=cfg["target_class"], trigger=trigger)
+        return SIG(p=cfg["p"], target_class=cfg["target_class"], **kw)
     return LabelConsistent(
-        p=cfg["p"], target_class=cfg["target_class"], trigger=trigger, pgd=PGDConfig(**cfg["pgd"]),
-        surrogate=surrogate, device=device,
+        p=cfg["p"], target_class=cfg["target_class"], pgd=PGDConfig(**cfg.get("pgd", {})),
+        surrogate=surrogate, device=device, **kw,
     )  # fmt: skip

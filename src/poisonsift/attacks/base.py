@@ -33,6 +33,8 @@ class PoisonedData:
         cover_mask: (N,) bool or None: *cover* rows (WaNet's noise mode, adaptive-blend's covers),
             images changed by the attack that keep their own label. They teach the network what
             the trigger is not; they carry no backdoor and count as clean in every metric.
+        path_train: (N,) str or None: each row's source file (:attr:`ImageData.path_train`);
+            attacks change rows in place, so a row keeps its file's name.
     """
 
     x_train: np.ndarray
@@ -44,6 +46,7 @@ class PoisonedData:
     classes: list[str]
     group_train: np.ndarray
     cover_mask: np.ndarray | None = None
+    path_train: np.ndarray | None = None
 
     @property
     def n_poisoned(self) -> int:
@@ -54,7 +57,8 @@ class PoisonedData:
         return 0 if self.cover_mask is None else int(self.cover_mask.sum())
 
     def as_image_data(self) -> ImageData:
-        return ImageData(self.x_train, self.y_train, self.x_test, self.y_test, self.classes, self.group_train)
+        return ImageData(self.x_train, self.y_train, self.x_test, self.y_test, self.classes, self.group_train,
+                         self.path_train)  # fmt: skip
 
 
 def n_poison_standard(p: float, n_target: int) -> int:
@@ -90,7 +94,7 @@ def control(data: ImageData) -> PoisonedData:
     n = len(data.y_train)
     return PoisonedData(
         data.x_train.copy(), data.y_train.copy(), np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64),
-        data.x_test, data.y_test, list(data.classes), data.group_train,
+        data.x_test, data.y_test, list(data.classes), data.group_train, path_train=data.path_train,
     )  # fmt: skip
 
 
@@ -145,7 +149,7 @@ def assemble(data: ImageData, x: np.ndarray, y: np.ndarray, poisoned: np.ndarray
         cover_mask = np.zeros(n, dtype=bool)
         cover_mask[covers] = True
     return PoisonedData(x, y, mask, source_index, data.x_test, data.y_test, list(data.classes), data.group_train,
-                        cover_mask)  # fmt: skip
+                        cover_mask, data.path_train)  # fmt: skip
 
 
 class Attack:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from poisonsift.cli.parser import build_parser
 from poisonsift.errors import PoisonsiftError
-from poisonsift.utils import tune_allocator
+from poisonsift.utils import end_progress_line, forget_progress_bars, tune_allocator
 
 __all__ = ["main", "build_parser"]
 
@@ -25,9 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a bad flag (2, already reported)
         return int(exc.code or 0)
     tune_allocator()
+    forget_progress_bars()
     try:
         args.func(args)
     except PoisonsiftError as exc:
+        end_progress_line()  # the error on a line of its own, not after a bar
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

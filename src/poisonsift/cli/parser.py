@@ -9,6 +9,7 @@ from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, po
                                  ratio_arg, source_class_arg, tables_arg)  # fmt: skip
 from poisonsift.cli.commands import (cmd_clean, cmd_data_prepare, cmd_detect, cmd_evaluate, cmd_poison,
                                      cmd_report, cmd_reproduce, cmd_scan, cmd_train)  # fmt: skip
+from poisonsift.cli.audit import cmd_audit
 from poisonsift.cli.demo import cmd_demo
 from poisonsift.errors import ConfigError
 
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--method", default="hc", choices=["hc", "ac"], help="defence run on each class (default hc)")
     sc.add_argument("--layer", default=None, help="ac: hidden layer (default relu_fc2)")
     sc.add_argument("--executor", default="local", choices=["local", "ray"])
-    sc.add_argument("--jobs", type=int, default=1, help="local executor: classes clustered at once in worker processes")
+    sc.add_argument("--jobs", type=positive_int, default=1, help="local executor: classes clustered at once in worker processes")
     sc.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
     sc.add_argument("--seed", type=nonnegative_int, default=0)
     sc.add_argument("--outlier-z", type=float, default=3.5,
@@ -207,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     from poisonsift.defences import HC_DEFAULT_RULE
 
     sc.set_defaults(func=cmd_scan, rule=HC_DEFAULT_RULE)
+
+    au = sub.add_parser("audit", help="audit an image folder: train a model on it, scan every class, list the "
+                                      "flagged files in OUT/flagged.csv (and write a copy without them)")
+    au.add_argument("dir", help="ImageFolder tree (DIR/<class>/*, or DIR/train/<class>/* + DIR/test/...) or GTSRB")
+    au.add_argument("--out", default="poisonsift-audit", help="output folder (default ./poisonsift-audit); resumable")
+    au.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"], help="the audit model's training (default cpu)")
+    add_arch(au)
+    au.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epoch count")
+    au.add_argument("--size", type=positive_int, default=32, help="side images are resized to (default 32)")
+    au.add_argument("--write-clean", nargs="?", const="", default=None, metavar="CLEAN",
+                    help="also write a copy of DIR without the flagged files (hard links where possible) to CLEAN, "
+                         "a new folder inside --out (default OUT/clean)")
+    au.add_argument("--jobs", type=positive_int, default=1, help="classes clustered at once in worker processes")
+    au.add_argument("--seed", type=nonnegative_int, default=0)
+    add_hc_options(au, ac_reduce=SCAN_AC_REDUCE)
+    add_json(au)
+    au.set_defaults(func=cmd_audit, rule=HC_DEFAULT_RULE)
 
     cl = sub.add_parser("clean", help="write a new run without the images a scan or detection flagged (and retrain)")
     cl.add_argument("--run", required=True, help="run directory with scan.npz or detection-METHOD.npz")

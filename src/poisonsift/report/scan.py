@@ -184,6 +184,12 @@ def write_scan_report(run: str | Path, top: int = 3, per_class: int = 5, figures
         h += ["<h2>Flagged images</h2>", f"<figure><img src='{rel(figs['flagged'])}' alt='flagged images'>"
               f"<figcaption class='note'>{html.escape(cap)}</figcaption></figure>"]  # fmt: skip
         md += ["## Flagged images", "", f"![{cap}]({rel(figs['flagged'])})", ""]
+    if picks and pd.path_train is not None:  # the files to look at, by the numbers under the images
+        files = [(str(i), str(c), str(pd.path_train[i])) for c, r in picks for i in r]
+        h.append("<table class='scan'><tr><th>#</th><th>class</th><th>file</th></tr>"
+                 + "".join(f"<tr><td>{i}</td><td>{c}</td><td>{html.escape(f)}</td></tr>" for i, c, f in files)
+                 + "</table>")  # fmt: skip
+        md += ["| # | class | file |", "|---|---|---|"] + [f"| {i} | {c} | `{f}` |" for i, c, f in files] + [""]
     h.append("</body></html>")
     atomic_write_bytes(run / "scan-report.html", "\n".join(h).encode())
     atomic_write_bytes(run / "scan-report.md", ("\n".join(md) + "\n").encode())
