@@ -39,14 +39,17 @@ def test_activations_cache_file_is_memory_mapped_and_keyed(tiny_data, tmp_path):
 def test_relevance_concentration_is_minus_the_log_effective_pixel_count():
     from poisonsift.explain import relevance_concentration
 
-    one = np.zeros((8, 8)); one[3, 4] = 5.0
-    spot = np.zeros((8, 8)); spot[2:4, 2:4] = 1.0
+    one = np.zeros((8, 8))
+    one[3, 4] = 5.0
+    spot = np.zeros((8, 8))
+    spot[2:4, 2:4] = 1.0
     wide = np.random.default_rng(0).uniform(0.5, 1.0, (8, 8))
     c = relevance_concentration(np.stack([one, spot, wide, np.zeros((8, 8)), np.full((8, 8), -3.0)]))
     assert c[0] == 0.0 and np.isclose(c[1], -np.log(4))  # one pixel; four equal pixels
     assert -np.log(64) < c[2] < c[1] and np.allclose(c[3:], -np.log(64))  # constant maps: uniform
     assert np.isclose(relevance_concentration((one - 2)[None])[0], 0.0)  # made >= 0 as the clouds are
-    bad = np.zeros((2, 4, 4)); bad[1, 0, 0] = np.nan
+    bad = np.zeros((2, 4, 4))
+    bad[1, 0, 0] = np.nan
     with pytest.raises(DataError, match="heatmap 1 has non-finite"):
         relevance_concentration(bad)
 

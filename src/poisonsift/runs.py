@@ -383,6 +383,8 @@ def clean_run(run: str | os.PathLike, out: str | os.PathLike, source: str = "sca
         "n_train_left": int(len(left.y_train)),
         "removed_rows": removed.tolist(),
     }
+    if pd.path_train is not None:  # data read from a folder: the files, not only the rows
+        record["removed_files"] = pd.path_train[removed].tolist()
     if relabel_from is not None:
         labels, counts = np.unique(y[relabelled], return_counts=True)
         record.update(relabel_from=str(relabel_from), relabelled=int(len(relabelled)),
