@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "a new folder inside --out (default OUT/clean)")
     au.add_argument("--jobs", type=positive_int, default=1, help="classes clustered at once in worker processes")
     au.add_argument("--seed", type=nonnegative_int, default=0)
-    add_hc_options(au, ac_reduce=SCAN_AC_REDUCE)
+    add_hc_options(au, ac_reduce=SCAN_AC_REDUCE, lrp_precision="auto")
     add_json(au)
     au.set_defaults(func=cmd_audit, rule=HC_DEFAULT_RULE)
 
