@@ -32,7 +32,7 @@ from poisonsift.attacks.base import control
 from poisonsift.data import IMAGE_SIZE, prepare
 from poisonsift.defences import DetectSpec
 from poisonsift.errors import ConfigError, DataError
-from poisonsift.runs import read_json, save_poisoned, train_run
+from poisonsift.runs import load_poisoned, read_json, save_poisoned, train_run
 from poisonsift.scan import HC_DEFAULT_RULE, SCAN_AC_REDUCE, scan_run
 from poisonsift.training import TrainConfig, get_preset
 from poisonsift.utils import atomic_write_bytes, atomic_write_json, config_hash
@@ -85,8 +85,6 @@ def check_audit(source: Path, out: Path, cfg: AuditConfig) -> None:
 
 def _prepared(source: Path, run: Path, cfg: AuditConfig) -> tuple[Any, bool]:
     """The run's data (every image, paths kept) and whether its trained model can be reused."""
-    from poisonsift.runs import load_poisoned
-
     data = prepare(source, size=cfg.size, test_fraction=0.0)
     key = {"data": data.fingerprint(), "train": cfg.train.to_dict()}
     stamp = run / "audit-key.json"
