@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 from poisonsift.attacks import attack_from_config
 from poisonsift.data import resolve_data, thin_tracks
@@ -32,20 +35,36 @@ def trained(run: Path, data, attack, seed: int, preset) -> dict:
     return evaluate_run(run, precision="auto")
 
 
+def floor_from(run: Path, data, attack, seed: int, model_run: Path) -> dict:
+    """The floor run with ``model_run``'s unpoisoned model instead of a new training: allowed only
+    when both runs' training sets are the same images and labels (the floor attack poisons nothing)."""
+    if not (run / "model.pt").is_file():
+        poison_run(data, attack, run, seed=seed)
+        a, b = (np.load(r / "poisoned.npz") for r in (run, model_run))
+        if not (np.array_equal(a["x_train"], b["x_train"]) and np.array_equal(a["y_train"], b["y_train"])):
+            raise SystemExit(f"{model_run} was trained on other data than this floor run; drop --floor-model")
+        for f in ("model.pt", "train.json"):
+            shutil.copyfile(model_run / f, run / f)
+    return evaluate_run(run, precision="auto")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="GTSRB folder or prepared .npz")
     ap.add_argument("--every", type=int, default=2, help="one frame in N of each track (the demo's 2)")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--arch", default=None, help="network (poisonsift.models.ARCHS or torchvision:NAME); the preset's by default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attack", required=True, help="attack config as JSON (attack.json's keys)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-floor", action="store_true", help="skip the unpoisoned model")
+    ap.add_argument("--floor-model", help="a run folder whose model was trained on the unpoisoned data with the same "
+                    "preset and seed (another row's floor/): reused instead of training the floor again")
     args = ap.parse_args()
 
     attack = attack_from_config(json.loads(args.attack))  # checked before the data is read
-    preset = get_preset(args.preset, epochs=args.epochs, seed=args.seed)
+    preset = get_preset(args.preset, epochs=args.epochs, seed=args.seed, arch=args.arch)
     data = thin_tracks(resolve_data(args.data), args.every)
     out = Path(args.out)
     run = out / "run"
@@ -64,8 +83,13 @@ def main() -> None:
     row["retrain"] = retrain_cleaned(run, cleaned) if not (cleaned / "metrics.json").is_file() else {
         "asr_after": evaluate_run(cleaned, precision=m.get("precision", "float32"))["asr"]}
     if not args.no_floor:
-        floor = attack_from_config({**attack.config(), "p": 0.0})
-        row["floor_asr"] = trained(out / "floor", data, floor, args.seed, preset)["asr"]
+        cfg = attack.config()
+        # nothing poisoned, no covers either: the floor model sees the clean training set
+        floor = attack_from_config({**cfg, "p": 0.0, **({"cover_rate": 0.0} if "cover_rate" in cfg else {})})
+        if args.floor_model:
+            row["floor_asr"] = floor_from(out / "floor", data, floor, args.seed, Path(args.floor_model))["asr"]
+        else:
+            row["floor_asr"] = trained(out / "floor", data, floor, args.seed, preset)["asr"]
     print(json.dumps(row, indent=1))
 
 

@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     max_steps: int | None = None  # cap on optimiser steps (for tests and the quick demo)
-    arch: str = DEFAULT_ARCH  # poisonsift.models.build_model: small-inception, resnet20, torchvision:<name>
+    arch: str = DEFAULT_ARCH  # poisonsift.models.build_model: small-inception, resnet20, preact-resnet18, vgg16-bn, torchvision:<name>
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):

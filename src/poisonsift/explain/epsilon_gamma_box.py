@@ -148,7 +148,7 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
     a probe shows it changes nothing (:func:`_relu_pass_is_gradient`)."""
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonGammaBox
-    from zennit.rules import Gamma, Pass
+    from zennit.rules import Epsilon, Gamma, Pass
 
     from poisonsift.explain.paper_rule import residual_canonizers
 
@@ -175,7 +175,11 @@ def _composite(normalizer: Normalizer | None, device, model: nn.Module | None = 
                     return hook
                 return pos if name in nonneg else sig
 
-        return _Composite(low=lo, high=hi, canonizers=[_FoldBatchNorm(), *residual_canonizers()])
+        # A BatchNorm that follows no convolution (pre-activation blocks: BatchNorm -> ReLU -> conv)
+        # cannot be folded; the epsilon rule treats it as the elementwise linear layer it is
+        # (without a shift it passes relevance unchanged). Folded ones are gone by then.
+        return _Composite(low=lo, high=hi, layer_map=[(nn.modules.batchnorm._BatchNorm, Epsilon())],
+                          canonizers=[_FoldBatchNorm(), *residual_canonizers()])  # fmt: skip
 
     relu_pass = not _relu_pass_is_gradient(model, device, build(True, torch.float32), build(False, torch.float32))
     return build(relu_pass, dtype)

@@ -2,6 +2,9 @@
 
 * ``small-inception``: the paper's network (:class:`SmallInception`, ~1.1M parameters);
 * ``resnet20``: He et al.'s CIFAR ResNet-20 (:class:`ResNet20`, ~0.27M parameters);
+* ``preact-resnet18``: He et al.'s pre-activation ResNet-18, CIFAR-style (:class:`PreActResNet18`,
+  11.2M; BackdoorBench's default network);
+* ``vgg16-bn``: VGG-16 with BatchNorm, CIFAR-style (:class:`VGG16BN`, 15.0M);
 * ``torchvision:<name>``: any torchvision classification model (``torchvision:resnet18``),
   untrained, with the data's number of classes.
 
@@ -15,7 +18,9 @@ from torch import nn
 
 from poisonsift.errors import ConfigError
 from poisonsift.models.inception import DEFAULT_HIDDEN_LAYER, ConvBN, InceptionA, SmallInception
+from poisonsift.models.preact_resnet import PreActBlock, PreActResNet18
 from poisonsift.models.resnet import ResNet20, torchvision_model
+from poisonsift.models.vgg import VGG16BN
 
 __all__ = [
     "ARCHS",
@@ -23,8 +28,11 @@ __all__ = [
     "DEFAULT_HIDDEN_LAYER",
     "ConvBN",
     "InceptionA",
+    "PreActBlock",
+    "PreActResNet18",
     "ResNet20",
     "SmallInception",
+    "VGG16BN",
     "build_model",
     "check_arch",
     "count_parameters",
@@ -33,7 +41,9 @@ __all__ = [
 
 DEFAULT_ARCH = "small-inception"
 #: Built-in architectures; ``torchvision:<name>`` names any torchvision classifier besides.
-ARCHS = ("small-inception", "resnet20")
+ARCHS = ("small-inception", "resnet20", "preact-resnet18", "vgg16-bn")
+_BUILT_IN = {"small-inception": SmallInception, "resnet20": ResNet20, "preact-resnet18": PreActResNet18,
+             "vgg16-bn": VGG16BN}
 _TV = "torchvision:"
 
 
@@ -47,10 +57,8 @@ def check_arch(name: str) -> str:
 def build_model(name: str = DEFAULT_ARCH, num_classes: int = 43) -> nn.Module:
     """A freshly initialised network of architecture ``name`` with ``num_classes`` outputs."""
     check_arch(name)
-    if name == "small-inception":
-        model: nn.Module = SmallInception(num_classes=num_classes)
-    elif name == "resnet20":
-        model = ResNet20(num_classes=num_classes)
+    if name in _BUILT_IN:
+        model: nn.Module = _BUILT_IN[name](num_classes=num_classes)
     else:
         model = torchvision_model(name[len(_TV) :], num_classes)
     model.arch = name
@@ -60,7 +68,7 @@ def build_model(name: str = DEFAULT_ARCH, num_classes: int = 43) -> nn.Module:
 
 def default_hidden_layer(model: nn.Module) -> str:
     """The layer activation defences read by default: the model's ``default_hidden_layer``
-    (``relu_fc2`` for SmallInception, ``avgpool`` for ResNet-20), else the module that feeds the
+    (``relu_fc2`` for SmallInception, ``avgpool`` for the ResNets, ``relu_fc1`` for VGG-16), else the module that feeds the
     last linear layer (``avgpool`` in a torchvision ResNet, the last dropout of a VGG head)."""
     name = getattr(model, "default_hidden_layer", None)
     if isinstance(model, SmallInception):
