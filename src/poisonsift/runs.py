@@ -244,6 +244,7 @@ def detect_run(
     run = Path(run)
     pd = load_poisoned(run / "poisoned.npz")
     model, norm = load_checkpoint(run / "model.pt", device)
+    spec = spec.for_model(model)  # lrp_rule "auto" -> the rule for this network
     summary: dict[str, Any] = {"method": method}
     ranking = None
     if cls == "auto":

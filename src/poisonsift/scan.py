@@ -60,12 +60,10 @@ __all__ = ["scan_run", "SCAN_METHODS", "scan_class"]
 SCAN_METHODS = ("hc", "ac")
 
 
-def _features(run: Path, spec: DetectSpec, pd, device=None) -> Path:
+def _features(run: Path, spec: DetectSpec, pd, model, norm) -> Path:
     """All training images' heatmaps (HC) or activations (AC) in one ``.npy`` under ``run/cache``."""
     from poisonsift.explain import activations_cache_file, lrp_cache_file
-    from poisonsift.training import load_checkpoint
 
-    model, norm = load_checkpoint(run / "model.pt", device)
     cache = run / "cache"
     if spec.method == "hc":
         return lrp_cache_file(model, pd.x_train, pd.y_train, norm, cache, precision=spec.lrp_precision,
@@ -187,7 +185,11 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     truth = (run / "attack.json").is_file()  # made by `poison`; an audit's run has no ground truth
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    feats = _features(run, spec, pd, device)
+    from poisonsift.training import load_checkpoint
+
+    model, norm = load_checkpoint(run / "model.pt", device)
+    spec = spec.for_model(model)  # lrp_rule "auto" -> the rule for this network, recorded in scan.json
+    feats = _features(run, spec, pd, model, norm)
     seconds["lrp" if spec.method == "hc" else "activations"] = time.perf_counter() - t
     classes = np.unique(pd.y_train)
     big = [int(c) for c in classes if (pd.y_train == c).sum() >= min_size]

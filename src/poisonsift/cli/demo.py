@@ -45,7 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         sc = scan_run(out, detect_spec(args, "hc"))
         report = write_scan_report(out)
     say(f"[{6 if sc else 5}/{steps}] detection on the target class: AC, and HC (fast engine, "
-        f"{hc_spec.lrp_rule} LRP rule in {hc_spec.lrp_precision}) on {scope}")  # fmt: skip
+        f"{hc_spec.for_arch(args.arch).lrp_rule} LRP rule in {hc_spec.lrp_precision}) on {scope}")  # fmt: skip
     dets = [detect_run(out, detect_spec(args, "ac", rule=None)), detect_run(out, hc_spec)]
     obj = {**m, "n_poisoned": s["n_poisoned"], "train_seconds": t["seconds"], "detection": dets}
     lines = [metrics_line(m), DETECTION_HEADER, *(detection_row(d) for d in dets)]

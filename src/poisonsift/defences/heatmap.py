@@ -64,9 +64,10 @@ class HCConfig:
     #: ``float32`` (zennit's heatmaps) or ``bfloat16`` (faster LRP, epsilon-gamma-box only; see
     #: :func:`poisonsift.explain.lrp_heatmaps`)
     lrp_precision: str = "float32"
-    #: ``paper`` (the paper's epsilon rule with exponent 2; default) or ``epsilon-gamma-box``
-    #: (zennit's composite); see :data:`poisonsift.explain.LRP_RULES`
-    lrp_rule: str = "paper"
+    #: ``paper`` (the paper's epsilon rule with exponent 2), ``epsilon-gamma-box`` (zennit's
+    #: composite) or ``auto`` (default: by the model's architecture - the paper's rule on
+    #: SmallInception, EpsilonGammaBox on the others; :func:`poisonsift.explain.lrp_rule_for`)
+    lrp_rule: str = "auto"
     #: the decision on the split; HC's default reads the split statistic's distribution
     #: (measured in the README: it flags the poison that ``smaller`` leaves in)
     rule: ClusterRule = field(default_factory=lambda: ClusterRule(HC_DEFAULT_RULE))
@@ -113,7 +114,7 @@ class HCConfig:
         if self.sample_score == "concentration" and self.rule.rule not in MIXTURE_RULES:
             raise ConfigError(f"the {self.rule.rule} rule flags whole GW clusters; the concentration score needs a "
                               f"mixture rule ({', '.join(MIXTURE_RULES)}) - or use sample score gw")  # fmt: skip
-        check_lrp_rule(self.lrp_rule)
+        check_lrp_rule(self.lrp_rule, allow_auto=True)
         lrp_dtype(self.lrp_precision)
         if self.grid < 2:
             raise ConfigError(f"grid must be >= 2 pixels, got {self.grid}")

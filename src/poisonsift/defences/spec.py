@@ -50,7 +50,7 @@ class DetectSpec:
     warm_start: bool = True
     view_samples: int = 300
     lrp_precision: str = "float32"
-    lrp_rule: str = "paper"
+    lrp_rule: str = "auto"
     decision: ClusterRule = field(default_factory=ClusterRule)
     grid: int = 32
     one_sided: bool = True
@@ -72,6 +72,9 @@ class DetectSpec:
             self.rule = default_rule(self.method)
         self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
         ACConfig(reduce=self.ac_reduce)  # validates the reduction
+        from poisonsift.explain import check_lrp_rule
+
+        check_lrp_rule(self.lrp_rule, allow_auto=True)
         if self.method in _HC_METHODS:
             self.sample_score = self.hc_config().sample_score  # validates; None -> the rule's default
 
@@ -85,6 +88,19 @@ class DetectSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_arch(self, arch: str | None) -> "DetectSpec":
+        """This spec with ``lrp_rule="auto"`` replaced by the rule for networks of ``arch``
+        (:func:`poisonsift.explain.lrp_rule_for`); a spec that names its rule is returned as it is."""
+        from poisonsift.explain import lrp_rule_for
+
+        return dataclasses.replace(self, lrp_rule=lrp_rule_for(arch)) if self.lrp_rule == "auto" else self
+
+    def for_model(self, model) -> "DetectSpec":
+        """:meth:`for_arch` of a loaded model (:func:`poisonsift.explain.resolve_lrp_rule`)."""
+        from poisonsift.explain import resolve_lrp_rule
+
+        return dataclasses.replace(self, lrp_rule=resolve_lrp_rule(self.lrp_rule, model))
+
     def key(self) -> str:
         """Cache key of the detection: every field that changes its result, and nothing else
         (HC-only fields leave the keys of other defences alone)."""
@@ -92,7 +108,9 @@ class DetectSpec:
         if self.method in _HC_METHODS:
             from poisonsift.explain import LRP_CONFIGS
 
-            fields["lrp"] = LRP_CONFIGS[self.lrp_rule]  # new heatmaps, new HC results
+            # new heatmaps, new HC results; "auto" keys apart from the rule it resolves to (resolve
+            # first with for_arch / for_model to share a concrete rule's cache)
+            fields["lrp"] = LRP_CONFIGS.get(self.lrp_rule) or " | ".join(LRP_CONFIGS[r] for r in sorted(LRP_CONFIGS))
         else:
             for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score", "focus_ratio",
                       "rough_ratio"):

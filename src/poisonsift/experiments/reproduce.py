@@ -46,7 +46,8 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
         per_run = []
         for rs in row.runs:
             key = rs.key(fingerprint)
-            dets = {a: det_results[(key, d.key())] for a, d in table.detections_for(row).items()}
+            dets = {a: det_results[(key, d.for_arch(rs.train_config().arch).key())]
+                    for a, d in table.detections_for(row).items()}  # fmt: skip
             per_run.append((run_results[key], dets))
         ours: dict[str, float | None] = {}
         by_col: dict[str, list[float | None]] = {}
@@ -147,8 +148,9 @@ def _detection_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], t
     for ts in specs:
         for row in ts.rows:
             for d in ts.detections_for(row).values():
-                for rs in row.runs:
-                    units.setdefault((rs.key(fp), d.key()), (rs, d))
+                for rs in row.runs:  # "auto" LRP rules resolved by the run's network: the keys name the rule
+                    dr = d.for_arch(rs.train_config().arch)
+                    units.setdefault((rs.key(fp), dr.key()), (rs, dr))
     return units
 
 

@@ -100,7 +100,7 @@ def _fig_heatmaps(run: str, figdir: Path) -> Path | None:
     if len(pick) == 0:
         return None
     model, norm = load_checkpoint(d / "model.pt")
-    heat = lrp_heatmaps(model, pd.x_train[pick], pd.y_train[pick], norm, desc="report LRP", rule="paper")  # HC's default
+    heat = lrp_heatmaps(model, pd.x_train[pick], pd.y_train[pick], norm, desc="report LRP", rule="auto")  # HC's default
     clouds = point_clouds(heat)
     fig, axes = plt.subplots(3, len(pick), figsize=(1.8 * len(pick), 5.6), squeeze=False)
     for j, i in enumerate(pick):

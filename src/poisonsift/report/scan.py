@@ -68,7 +68,7 @@ def _fig_evidence(summary: dict[str, Any], figdir: Path) -> Path:
 
 
 def _heatmaps_of(run: Path, summary: dict[str, Any], pd, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), H, W) heatmaps: the scan's cached ones (HC), else the paper's rule on these rows."""
+    """(len(rows), H, W) heatmaps: the scan's cached ones (HC), else HC's default rule for this network on these rows."""
     feats = summary.get("features")
     if summary.get("method") == "hc" and feats and (run / feats).is_file():
         return np.asarray(np.load(run / feats, mmap_mode="r")[rows])
@@ -76,7 +76,7 @@ def _heatmaps_of(run: Path, summary: dict[str, Any], pd, rows: np.ndarray) -> np
     from poisonsift.training import load_checkpoint
 
     model, norm = load_checkpoint(run / "model.pt")
-    return lrp_heatmaps(model, pd.x_train[rows], pd.y_train[rows], norm, desc="report LRP", rule="paper")
+    return lrp_heatmaps(model, pd.x_train[rows], pd.y_train[rows], norm, desc="report LRP", rule="auto")
 
 
 def _top_flagged(summary: dict[str, Any], arrays: dict[str, np.ndarray], y: np.ndarray, n_classes: int,
