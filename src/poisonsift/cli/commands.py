@@ -270,8 +270,22 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from poisonsift.report import write_report, write_scan_report
+    from poisonsift.errors import ConfigError
+    from poisonsift.report import merge_results, write_report, write_scan_report
 
+    if args.merge:
+        if args.dir or not args.out:
+            raise ConfigError("report --merge DIR... --out OUT: give the sittings after --merge and the merged "
+                              "report's folder with --out (no positional DIR)")  # fmt: skip
+        merged = merge_results(args.merge, args.out)
+        paths = write_report(args.out)
+        n = sum(len(t["rows"]) for t in merged["tables"].values())
+        emit(args, {k: str(v) for k, v in paths.items()},
+             f"merged {n} rows of {len(merged['tables'])} tables from {len(args.merge)} sittings; "
+             f"wrote {paths['html']} and {paths['md']}")  # fmt: skip
+        return
+    if not args.dir:
+        raise ConfigError("report DIR: name a reproduction or a scanned run (or use --merge DIR... --out OUT)")
     d = Path(args.dir)
     paths = write_scan_report(d) if (d / "scan.json").is_file() and not (d / "results.json").is_file() else write_report(d)
     emit(args, {k: str(v) for k, v in paths.items()}, f"wrote {paths['html']} and {paths['md']}")

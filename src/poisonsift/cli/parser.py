@@ -268,8 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_reproduce)
 
     rr = sub.add_parser("report", help="write DIR/report.html and .md from DIR/results.json (a reproduction), or "
-                                       "DIR/scan-report.html and .md from DIR/scan.json (a scanned run)")
-    rr.add_argument("dir")
+                                       "DIR/scan-report.html and .md from DIR/scan.json (a scanned run); --merge: one "
+                                       "report from several reproduction sittings")  # fmt: skip
+    rr.add_argument("dir", nargs="?", help="a reproduction or a scanned run (not with --merge)")
+    rr.add_argument("--merge", nargs="+", metavar="DIR",
+                    help="sittings (folders with results.json): each table row from the newest sitting that has it, "
+                         "marked with its sitting; rows of different presets in one table are refused")  # fmt: skip
+    rr.add_argument("--out", help="with --merge: where the merged results.json, report.html and .md go")
     add_json(rr)
     rr.set_defaults(func=cmd_report)
 

@@ -285,6 +285,7 @@ def reproduce(
 
     paper = paper_values()
     res = {
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),  # UTC; report --merge ranks sittings by it
         "preset": preset,
         # what produced the numbers: the code and the training settings every run started from
         "poisonsift": {"version": __version__, "commit": source_commit()},

@@ -214,15 +214,18 @@ def _table_rows(t: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, list
     """Header and, per row, the lines (kind, cells): ours, paper, diff."""
     label_keys = list(t["rows"][0]["label"])
     cols = t["columns"]
-    header = [*label_keys, "", *cols]
+    merged = any("sitting" in r for r in t["rows"])  # a merged report says where each row came from
+    header = [*label_keys, "", *cols, *(["sitting"] if merged else [])]
     blocks = []
     for r in t["rows"]:
         lab = [str(r["label"][k]) for k in label_keys]
-        lines = [("ours", [*lab, "ours", *(_fmt(r["ours"].get(c)) for c in cols)])]
+        src = [str(r.get("sitting", ""))] if merged else []
+        lines = [("ours", [*lab, "ours", *(_fmt(r["ours"].get(c)) for c in cols), *src])]
         if r.get("paper"):
-            lines.append(("paper", [*[""] * len(lab), "paper", *(_fmt(r["paper"].get(c)) for c in cols)]))
+            pad = [""] if merged else []
+            lines.append(("paper", [*[""] * len(lab), "paper", *(_fmt(r["paper"].get(c)) for c in cols), *pad]))
             lines.append(("diff", [*[""] * len(lab), "Δ", *(
-                (f"{r['diff'][c]:+.2f}" if c in r["diff"] else "") for c in cols)]))  # fmt: skip
+                (f"{r['diff'][c]:+.2f}" if c in r["diff"] else "") for c in cols), *pad]))  # fmt: skip
         blocks.append(lines)
     return header, blocks
 
@@ -292,7 +295,9 @@ def resolve_result_path(results_dir: str | os.PathLike, res: dict, path: str) ->
     """A run / detection path from ``results.json`` (relative to the cache, or absolute in
     results written before this) as a path on this machine."""
     p = Path(path)
-    return p if p.is_absolute() else Path(results_dir) / res["cache"] / p
+    if p.is_absolute() or res.get("cache") is None:  # a merged report's rows live in their sittings' caches
+        return p
+    return Path(results_dir) / res["cache"] / p
 
 
 def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
@@ -334,13 +339,15 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
             if hc_run is None and "HC" in r.get("detections", {}):
                 hc_run = r["runs"][0]
     figs: dict[str, Path | None] = {}
+    runs_here = "sittings" not in res  # a merged report's runs stayed in their sittings' caches
     if figures:
-        figs["examples"] = _fig_examples(dict(list(kinds.items())[:6]), figdir)
-        figs["heatmaps"] = _fig_heatmaps(hc_run, figdir) if hc_run else None
+        if runs_here:
+            figs["examples"] = _fig_examples(dict(list(kinds.items())[:6]), figdir)
+            figs["heatmaps"] = _fig_heatmaps(hc_run, figdir) if hc_run else None
         for t in res["tables"].values():
             if t["name"] == "fig6":
-                figs["fig6"] = _fig_per_class(t, figdir)
-            for i, r in enumerate(t["rows"]):
+                figs["fig6"] = _fig_per_class(t, figdir)  # from the table's per-class ASR alone
+            for i, r in enumerate(t["rows"] if runs_here else []):
                 first = {a: paths[0] for a, paths in r.get("detections", {}).items() if paths}
                 if first:
                     figs[f"clusters-{t['name']}-{i}"] = _fig_clusters(f"{t['name']}-{i}", first, figdir)
@@ -362,8 +369,13 @@ def write_report(out: str | Path, figures: bool = True) -> dict[str, Path]:
         meta += f" poisonsift {html.escape(str(made.get('version')))}, commit {html.escape(str(made.get('commit') or 'unknown'))}."
     shown = ("arch", "epochs", "max_steps", "batch_size", "lr", "schedule", "patience", "bf16")
     settings = ["; ".join(f"{k} {tc[k]}" for k in shown if tc.get(k) is not None) for tc in res.get("train_configs", [])]
-    if settings:
+    if settings and "sittings" not in res:
         meta += f" Training (each run its own seed): {html.escape(' | '.join(settings))}."
+    for st in res.get("sittings", []):  # a merged report: where each row came from
+        given = "; ".join(f"table {n}: {len(labs)} row{'s' if len(labs) > 1 else ''}" for n, labs in st["rows"].items())
+        meta += (f" Sitting {html.escape(st['name'])} ({html.escape(str(st['date']))}, commit "
+                 f"{html.escape(str(st['commit']))}, preset {html.escape(str(st['preset']))}, epochs "
+                 f"{html.escape('/'.join(map(str, st['epochs'])))}): {html.escape(given or 'no row (superseded)')}.")  # fmt: skip
     h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
          f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>", f"<h1>{title}</h1>", f"<p>{meta}</p>"]  # fmt: skip
     md = [f"# {title}", "", meta.replace("<b>", "**").replace("</b>", "**"), ""]
