@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from poisonsift.models.resnet import he_init
+
 __all__ = ["PreActBlock", "PreActResNet18"]
 
 
@@ -82,9 +84,7 @@ class PreActResNet18(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResNet20", "torchvision_model"]
+__all__ = ["ResNet20", "he_init", "torchvision_model"]
+
+
+def he_init(model: nn.Module) -> None:
+    """He et al.'s initialisation of every convolution (normal, fan-out, for ReLU), as the ResNet papers'."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class ResNet20(nn.Module):
@@ -50,9 +57,7 @@ class ResNet20(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

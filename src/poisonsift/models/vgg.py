@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from poisonsift.models.resnet import he_init
+
 __all__ = ["VGG16BN", "VGG16_LAYERS"]
 
 #: Configuration D: output channels of each convolution, "M" a 2x2 max-pooling.
@@ -48,9 +50,7 @@ class VGG16BN(nn.Module):
         self.fc1 = nn.Linear(c_in, 512)
         self.relu_fc1 = nn.ReLU()
         self.fc2 = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.relu_fc1(self.fc1(self.flatten(self.avgpool(self.features(x))))))
