@@ -303,7 +303,8 @@ def test_bfloat16_lrp_is_close_to_float32_and_cached_apart(tmp_path, tiny_data):
 
 def test_relu_pass_is_dropped_only_where_it_changes_nothing():
     """SmallInception: every rule after a ReLU is input-proportional, so Pass = gradient and
-    the composite leaves it out; a BatchNorm after a ReLU breaks that, and Pass stays."""
+    the composite leaves it out. A BatchNorm after a ReLU takes the epsilon rule (proportional too:
+    Pass left out); an operation without a rule that shifts its input breaks that, and Pass stays."""
     from zennit.rules import Pass
 
     from poisonsift.explain.epsilon_gamma_box import _composite
@@ -318,7 +319,14 @@ def test_relu_pass_is_dropped_only_where_it_changes_nothing():
     bn_after_relu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
     bn_after_relu[2].running_mean.uniform_(-1, 1)
     bn_after_relu[2].bias.data.uniform_(-1, 1)
-    assert all(isinstance(h, Pass) for h in relu_hooks(bn_after_relu.eval()))
+    assert not any(isinstance(h, Pass) for h in relu_hooks(bn_after_relu.eval()))
+
+    class Shift(nn.Module):  # no LRP rule: relevance passes it as the gradient does, shift and all
+        def forward(self, x):
+            return x + 0.5
+
+    shift_after_relu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Shift(), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+    assert all(isinstance(h, Pass) for h in relu_hooks(shift_after_relu.eval()))
 
 
 def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch, tiny_data):

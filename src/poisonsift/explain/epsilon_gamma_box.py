@@ -192,8 +192,9 @@ def _relu_pass_is_gradient(model: nn.Module, device, with_pass, without_pass) ->
     where the output is 0. When every rule downstream of a ReLU is proportional to its input
     (Gamma, Epsilon, Norm; max-pooling and concatenation route relevance, they do not create
     it), no relevance ever reaches a zero output and the two agree exactly - then the Pass
-    hooks are pure overhead (6 % of LRP on SmallInception, measured). Anything else (a
-    BatchNorm or a bias after a ReLU) makes them differ on almost every input, which a probe
+    hooks are pure overhead (6 % of LRP on SmallInception, measured). Anything else (an
+    operation without a rule that shifts its input, after a ReLU; an unfolded BatchNorm takes the
+    epsilon rule, which is proportional) makes them differ on almost every input, which a probe
     of 4 random images finds; then the Pass rule stays.
     """
     from zennit.attribution import Gradient
