@@ -72,9 +72,6 @@ class DetectSpec:
             self.rule = default_rule(self.method)
         self.decision = dataclasses.replace(self.decision, rule=self.rule, seed=self.seed)  # validates the rule
         ACConfig(reduce=self.ac_reduce)  # validates the reduction
-        from poisonsift.explain import check_lrp_rule
-
-        check_lrp_rule(self.lrp_rule, allow_auto=True)
         if self.method in _HC_METHODS:
             self.sample_score = self.hc_config().sample_score  # validates; None -> the rule's default
 
@@ -88,7 +85,7 @@ class DetectSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def for_arch(self, arch: str | None) -> "DetectSpec":
+    def for_arch(self, arch: str) -> "DetectSpec":
         """This spec with ``lrp_rule="auto"`` replaced by the rule for networks of ``arch``
         (:func:`poisonsift.explain.lrp_rule_for`); a spec that names its rule is returned as it is."""
         from poisonsift.explain import lrp_rule_for

@@ -18,6 +18,12 @@ from poisonsift.experiments.units import execute_detection, execute_training
 from poisonsift.utils import atomic_write_json, cache_dir, config_hash, source_commit
 
 
+def _for_run(d: DetectSpec, rs: RunSpec) -> DetectSpec:
+    """The detection as it runs on ``rs``'s model: an ``auto`` LRP rule resolved by its network, so
+    that the unit's key names the rule (SmallInception's keys as before ``auto`` existed)."""
+    return d.for_arch(rs.train_config().arch)
+
+
 def _value(col: Column, row: Row, run_res: dict, dets: dict[str, dict]) -> float | None:
     if col.source == "metrics":
         v = run_res["metrics"].get(col.field)
@@ -46,8 +52,7 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
         per_run = []
         for rs in row.runs:
             key = rs.key(fingerprint)
-            dets = {a: det_results[(key, d.for_arch(rs.train_config().arch).key())]
-                    for a, d in table.detections_for(row).items()}  # fmt: skip
+            dets = {a: det_results[(key, _for_run(d, rs).key())] for a, d in table.detections_for(row).items()}
             per_run.append((run_results[key], dets))
         ours: dict[str, float | None] = {}
         by_col: dict[str, list[float | None]] = {}
@@ -148,8 +153,8 @@ def _detection_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], t
     for ts in specs:
         for row in ts.rows:
             for d in ts.detections_for(row).values():
-                for rs in row.runs:  # "auto" LRP rules resolved by the run's network: the keys name the rule
-                    dr = d.for_arch(rs.train_config().arch)
+                for rs in row.runs:
+                    dr = _for_run(d, rs)
                     units.setdefault((rs.key(fp), dr.key()), (rs, dr))
     return units
 

@@ -57,7 +57,7 @@ def check_lrp_rule(rule: str, allow_auto: bool = False) -> str:
     return rule
 
 
-def lrp_rule_for(arch: str | None) -> str:
+def lrp_rule_for(arch: str) -> str:
     """HC's LRP rule for a network when none is named (``auto``), by its architecture name
     (:func:`poisonsift.models.build_model`'s ``model.arch``): the paper's rule on the paper's
     network, zennit's EpsilonGammaBox on every other. Measured (tests/test_models_preact_resnet.py's
@@ -67,7 +67,7 @@ def lrp_rule_for(arch: str | None) -> str:
     the relevance down to the stem, whose squared-input map then says little about the class.
     On real GTSRB (docs/networks.md) neither rule splits PreAct-ResNet-18 well yet (TPR 0.52 /
     0.56, AUROC 0.92 / 0.97): this default avoids the rule's failure mode, it is not the fix."""
-    return "paper" if arch in (None, "small-inception") else "epsilon-gamma-box"
+    return "paper" if arch == "small-inception" else "epsilon-gamma-box"
 
 
 def resolve_lrp_rule(rule: str, model: nn.Module) -> str:
