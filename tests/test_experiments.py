@@ -46,8 +46,9 @@ def tiny_npz(tmp_path):
     "build, match",
     [
         (lambda: AttackSpec(kind="blend"), "unknown attack kind"),
-        (lambda: AttackSpec(p=0.0), "must be in \\(0, 1\\)"),
-        (lambda: AttackSpec(p=1.5), "must be in \\(0, 1\\)"),
+        (lambda: AttackSpec(p=-0.1), "must be in \\[0, 1\\)"),
+        (lambda: AttackSpec(p=1.5), "must be in \\[0, 1\\)"),
+        (lambda: AttackSpec("wanet", 0.05, params={"warp": 2}), "bad wanet attack options"),
         (lambda: AttackSpec(kind="amplitude", amp=0), "amplitude must be in 1..255"),
         (lambda: AttackSpec(size=0), "trigger size"),
         (lambda: DetectSpec("magic"), "unknown detection method"),
@@ -181,13 +182,14 @@ def test_reproduce_caches_and_reuses(tmp_path, tiny_npz):
     before = ex.plan([tiny_table()], data=tiny_npz, cache=cache)  # computes and writes nothing
     assert not cache.exists() and [r["status"] for r in before["runs"]] == ["poison", "poison"]
     assert before["to_compute"] == {"surrogates": 0, "trainings": 2, "training_epochs": 2 * before["runs"][0]["epochs"],
-                                    "evaluations": 2, "detections": 4, "detections_total": 4}  # fmt: skip
+                                    "evaluations": 2, "detections": 4, "detections_total": 4, "scans": 0,
+                                    "retrainings": 0}  # fmt: skip
     first = ex.reproduce([tiny_table()], data=tiny_npz, out=out, cache=cache, report=False)
     assert first["computed"] == {"runs": 2, "detections": 4, "units": 6}
     after = ex.plan([tiny_table()], data=tiny_npz, cache=cache)
     assert [r["status"] for r in after["runs"]] == ["cached", "cached"] and after["runs"][0]["tables"] == ["1"]
     assert {k: v for k, v in after["to_compute"].items() if k != "detections_total"} == dict.fromkeys(
-        ("surrogates", "trainings", "training_epochs", "evaluations", "detections"), 0)
+        ("surrogates", "trainings", "training_epochs", "evaluations", "detections", "scans", "retrainings"), 0)
     assert {r["key"] for r in after["runs"]} == {p.split("/")[-1] for row in first["tables"]["1"]["rows"] for p in row["runs"]}
     t = first["tables"]["1"]
     assert t["columns"] == ["ASR", "AC ACC", "AC TPR", "AC TNR", "PCA ACC", "PCA TPR", "PCA TNR"]
@@ -402,3 +404,46 @@ def test_detections_save_their_arrays(tmp_path, tiny_npz):
         assert z["truth"].sum() > 0
     meta = json.loads(open(path).read())
     assert meta["spec"]["method"] == "ac" and meta["config"]["method"] == "ac"
+
+
+def test_attacks_table_scans_retrains_and_reads_the_floor(tmp_path, tiny_npz):
+    """The attacks table on tiny data: a source -> target and an all-to-one row, each detected, scanned
+    (HC and AC), cleaned and retrained; one unpoisoned model gives both rows' floors."""
+    from poisonsift.experiments.specs import attacks_table
+
+    rows = [("standard", 0.33, {}), ("blended", 0.05, {"source_class": "all", "target_class": 5})]
+    table = attacks_table(train=TINY_TRAIN, rows=rows)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    pl = ex.plan([table], data=tiny_npz, cache=cache)
+    assert pl["to_compute"]["trainings"] == 3 and pl["to_compute"]["scans"] == 2 and pl["to_compute"]["retrainings"] == 2
+    assert sorted(r["tables"][0] for r in pl["runs"]) == ["attacks", "attacks", "floor"]
+    res = ex.reproduce([table], data=tiny_npz, out=out, cache=cache)
+    assert res["computed"] == {"runs": 3, "detections": 6, "scans": 2, "floors": 2, "units": 13}
+    t = res["tables"]["attacks"]
+    assert [r["label"] for r in t["rows"]] == [{"attack": "standard", "p": 33.0, "of": "class"},
+                                               {"attack": "blended all-to-one", "p": 5.0, "of": "set"}]  # fmt: skip
+    assert {"scan TPR", "scan AUROC", "scan rank", "whole TNR", "ASR after", "floor", "HC AUROC"} <= set(t["columns"])
+    for row in t["rows"]:
+        run = cache / row["runs"][0]
+        scan = json.loads(next((run / "scans").glob("*/scan.json")).read_text())
+        rec = json.loads(next((run / "scans").glob("*/row.json")).read_text())
+        order = [c["class"] for c in scan["classes"]]
+        assert row["ours"]["scan rank"] == order.index(5) + 1 and scan["method"] == "auto"
+        assert row["ours"]["whole TPR"] == pytest.approx(100 * scan["tpr"]) and rec["whole_tnr"] == scan["tnr"]
+        cleaned = json.loads((run / "scans" / rec_dir(run) / "clean" / "metrics.json").read_text())
+        assert row["ours"]["ASR after"] == pytest.approx(100 * cleaned["asr"])
+        for k, v in row["ours"].items():
+            assert v is not None and (0 <= v <= 100 or k == "scan rank"), (k, v)
+        assert row["paper"] is None  # our own table: no paper values
+    # one unpoisoned model, each row's floor read with its own test trigger
+    floors = list((cache / "runs").glob("*/floors/*/metrics.json"))
+    assert len(floors) == 2 and len({f.parents[2] for f in floors}) == 1
+    assert {json.loads(f.read_text())["attack"] for f in floors} == {"standard", "blended"}
+    again = ex.reproduce([table], data=tiny_npz, out=out, cache=cache, report=False)
+    assert again["computed"]["runs"] == again["computed"]["scans"] == again["computed"]["floors"] == 0
+    assert again["tables"] == res["tables"]
+    assert (out / "report.md").read_text().count("blended all-to-one") >= 1
+
+
+def rec_dir(run):
+    return next((run / "scans").iterdir()).name

@@ -12,7 +12,7 @@ from poisonsift.runs import load_poisoned
 from poisonsift.scan import scan_run
 
 
-@pytest.mark.parametrize("method", ["hc", "ac"])
+@pytest.mark.parametrize("method", ["auto", "hc", "ac"])
 def test_scan_finds_the_attacked_class(attacked_run, method):
     s = scan_run(attacked_run, method)
     assert s["method"] == method and s["classes"][0]["class"] == 5 and s["suspicious_classes"] == [5]
@@ -24,8 +24,12 @@ def test_scan_finds_the_attacked_class(attacked_run, method):
     on_disk = json.loads((attacked_run / "scan.json").read_text())
     assert {"method", "classes", "suspicious_classes", "n_flagged", "seconds", "n_poisoned_true", "tpr", "tnr"} <= set(on_disk)
     assert {"class", "n", "n_flagged", "evidence", "suspicious"} <= set(on_disk["classes"][0])
-    top = on_disk["classes"][0]["concentration_ratio"]
-    assert top is None if method == "ac" else top > 1  # HC: the poisoned mode is the more concentrated
+    top = on_disk["classes"][0]
+    hc = top["by_method"]["hc"] if method == "auto" else top
+    assert hc["concentration_ratio"] is None if method == "ac" else hc["concentration_ratio"] > 1  # HC: poison concentrated
+    if method == "auto":  # both defences recorded; the flags are those of a defence that called the class
+        assert set(top["by_method"]) == {"hc", "ac"} and top["decided_by"] in top["called_by"]
+        assert set(on_disk["feature_files"]) == {"hc", "ac"}
     with np.load(attacked_run / "scan.npz") as z:
         assert set(z.files) == {"rows", "scores", "is_poisoned", "cluster_labels"}
         n = len(load_poisoned(attacked_run / "poisoned.npz").y_train)
@@ -304,11 +308,44 @@ def test_scan_finds_a_blended_trigger(blended_run):
     from poisonsift.runs import evaluate_run
 
     assert evaluate_run(blended_run)["asr"] >= 0.8  # the backdoor is learned
-    s = scan_run(blended_run, "hc")
-    assert s["classes"][0]["class"] == 5 and s["suspicious_classes"] == [5]
-    assert s["classes"][0]["class_test_by"] == "roughness"
-    assert s["tpr"] >= 0.95 and s["tnr"] >= 0.98
+    for method in ("hc", "auto"):
+        s = scan_run(blended_run, method)
+        assert s["classes"][0]["class"] == 5 and s["suspicious_classes"] == [5]
+        top = s["classes"][0]
+        assert (top["by_method"]["hc"] if method == "auto" else top)["class_test_by"] == "roughness"
+        assert s["tpr"] >= 0.95 and s["tnr"] >= 0.98
     from poisonsift.defences import DetectSpec
 
     off = scan_run(blended_run, DetectSpec("hc", rough_ratio=None))  # without it, as before the test existed
     assert all(c["class_test_by"] != "roughness" for c in off["classes"])
+
+
+def test_auto_is_a_scan_method_not_a_defence():
+    """``auto`` runs HC and AC with the same options; as one defence (detect) it is refused clearly."""
+    from poisonsift.defences import AUTO, DetectSpec, build_defence
+
+    spec = DetectSpec(AUTO, rule="mixture", ac_reduce="pca", seed=3)
+    hc, ac = spec.parts()
+    assert (hc.method, ac.method) == ("hc", "ac") and hc.seed == ac.seed == 3 and ac.ac_reduce == "pca"
+    assert DetectSpec("hc").parts() == [DetectSpec("hc")]
+    assert spec.key() != DetectSpec(AUTO, rule="mixture", ac_reduce="pca-whiten", seed=3).key()  # AC's reduction keys it
+    with pytest.raises(ConfigError, match="method of scan"):
+        build_defence(spec)
+
+
+def test_auto_needs_hc_to_back_an_ac_call():
+    """Under auto a class is called by HC, or by AC where HC's evidence stands out too (AC's class
+    test alone calls clean classes of real models); the flags come from the clearer split."""
+    from poisonsift.scan import decide_class
+
+    def recs(hc_sus, hc_z, hc_d, ac_sus, ac_d):
+        return {"hc": {"suspicious": hc_sus, "outlier_z": hc_z, "decided_separation": hc_d},
+                "ac": {"suspicious": ac_sus, "outlier_z": 9.0, "decided_separation": ac_d}}
+
+    assert decide_class(recs(True, 25.7, 5.2, False, 2.6)) == (["hc"], "hc")  # HC alone
+    r = recs(False, -0.2, 1.6, True, 4.5)
+    assert decide_class(r) == ([], "hc") and r["ac"]["uncorroborated"]  # AC alone, HC sees nothing: not called
+    assert decide_class(recs(False, 2.5, 1.6, True, 4.5)) == (["ac"], "ac")  # AC, backed by HC's evidence
+    assert decide_class(recs(True, 30.0, 3.0, True, 6.0)) == (["hc", "ac"], "ac")  # both: the clearer split
+    assert decide_class(recs(False, 0.0, 1.0, False, 9.0)) == ([], "hc")
+    assert decide_class({"ac": {"suspicious": True, "outlier_z": 4.0, "decided_separation": 3.0}}) == (["ac"], "ac")

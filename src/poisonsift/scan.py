@@ -1,6 +1,7 @@
 """Scan a whole training set without being told the attacked class.
 
-``scan_run`` runs a defence (HC or AC, with the ``mixture`` decision) on every class of a run:
+``scan_run`` runs the defences (``auto``, the default: HC and AC side by side; or HC or AC
+alone, each with the ``mixture`` decision) on every class of a run:
 
 1. one model load and one pass over all training images - LRP heatmaps (HC, cached in
    ``run/cache`` under the key of model, images, labels and rule) or hidden-layer activations
@@ -22,6 +23,16 @@
    heatmaps' roughness (:class:`~poisonsift.defences.HCConfig` ``rough_ratio``: a blended trigger's
    speckled relevance), is calibrated by its effect size instead and not gated. Only suspicious
    classes keep their flags; they are listed first, then the others by evidence.
+4. ``auto``: steps 1-3 for HC and for AC, each with its own class tests and its own cross-class
+   outlier gate. A class is suspicious where HC calls it, or where AC calls it and HC's evidence
+   for the class stands out too at a lower bar (:data:`AUTO_CORROBORATE_Z`): AC's class test alone
+   is not calibrated - on real GTSRB it called three clean classes of a poisoned and three of an
+   unpoisoned SmallInception - so a plain OR would flag clean data on every scan. A called class
+   keeps the flags of the defence whose flagged split is the clearer: the larger Ashman's D
+   between the flagged and the kept mode of the statistic that flagged them
+   (``decided_separation``). Each class's record holds both (``by_method``; an AC call HC did not
+   back is marked ``uncorroborated``), ``called_by`` and ``decided_by``; its evidence is that of
+   the defence it is decided by (HC's where neither calls it), so the ranking is HC's.
 
    Why not Ashman's D alone (the first version): on a real p = 33 % run the attacked class's
    D was 6.1, but 9 clean classes also passed D >= 2 (small classes, diffuse minorities) and a
@@ -49,15 +60,23 @@ from typing import Any
 
 import numpy as np
 
-from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
+from poisonsift.defences import AUTO, HC_DEFAULT_RULE, MIXTURE_RULES, ActivationClustering, DetectSpec, HeatmapClustering, build_defence
 from poisonsift.defences.decision import mode_gap
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.executors import make_executor, unit
 from poisonsift.utils import atomic_write_json, atomic_write_npz
 
-__all__ = ["scan_run", "SCAN_METHODS", "scan_class"]
+__all__ = ["scan_run", "SCAN_METHODS", "scan_class", "decide_class", "AUTO_CORROBORATE_Z"]
 
-SCAN_METHODS = ("hc", "ac")
+#: ``auto`` (the default): HC and AC side by side, a class called by HC or by a corroborated AC
+SCAN_METHODS = (AUTO, "hc", "ac")
+
+#: Under ``auto``, AC's call of a class counts where HC's evidence for that class is an outlier of
+#: modified z-score above this (half of the 3.5 a call of its own needs). Measured on the demo's
+#: model (real GTSRB, 2026-12-07): AC's class test called clean classes 32, 42, 39 (z 9.8, 9.1, 7.9)
+#: whose HC z was -0.2 each, and on the cleaned model clean classes 39, 24, 32; the attacked class's
+#: HC z was 25.7.
+AUTO_CORROBORATE_Z = 2.0
 
 
 def _features(run: Path, spec: DetectSpec, pd, model, norm) -> Path:
@@ -99,7 +118,7 @@ def scan_class(task: dict[str, Any]) -> dict[str, Any]:
     evidence, llr = class_evidence(res.analysis, spec)
     return {"rows": rows, "scores": res.scores, "is_poisoned": res.is_poisoned, "cluster_labels": res.cluster_labels,
             "suspicious": bool(res.suspicious), "evidence": evidence, "llr": llr, "mixture": mt,
-            "class_test_by": res.analysis.get("class_test"),
+            "class_test_by": res.analysis.get("class_test"), "decided_separation": _decided_separation(res.analysis),
             "focus_gain": res.analysis.get("concentration", {}).get("focus_gain"), "seconds": time.perf_counter() - t}  # fmt: skip
 
 
@@ -155,10 +174,77 @@ def outlier_scores(evidence: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarr
     return np.asarray(z, dtype=float), med, mad
 
 
-def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: Any = "local", jobs: int = 1,
-             ray_address: str | None = None, device=None, min_size: int = 10, outlier_z: float = 3.5) -> dict[str, Any]:  # fmt: skip
-    """Scan every class of ``run`` with ``spec`` (method ``hc`` or ``ac``); see the module docstring.
+def _decided_separation(analysis: dict[str, Any]) -> float | None:
+    """Ashman's D of the mixture whose flags a class keeps (GW split, concentration or roughness):
+    how far apart the flagged and the kept images lie on the statistic that flagged them."""
+    by = analysis.get("class_test")
+    mt = analysis.get({"concentration": "concentration", "roughness": "roughness"}.get(by, "mixture"), {})
+    return mt.get("separation")
 
+
+def _half(run: Path, spec: DetectSpec, pd, model, norm, big: list[int], ex) -> tuple[list[dict], float]:
+    """One defence of the scan on every class of ``big``: its features (one pass, cached) and the
+    per-class units. Returns the units' results (class order) and the feature pass's seconds."""
+    t = time.perf_counter()
+    feats = _features(run, spec, pd, model, norm)
+    seconds = time.perf_counter() - t
+    base = {"features": str(feats), "spec": spec.to_dict(), "threads": getattr(ex, "cpus_per_task", None)}
+    tasks = [{**base, "rows": np.flatnonzero(pd.y_train == c).tolist()} for c in big]
+    results = ex.map(scan_class, tasks, desc=f"scan ({spec.method}, {len(big)} classes)")
+    for r in results:
+        r["features"] = os.path.relpath(feats, run)
+    return results, seconds
+
+
+def _called(results: list[dict], outlier_z: float) -> tuple[np.ndarray, float, list[bool]]:
+    """Which classes one defence calls: its class test fired and its evidence is an outlier among
+    the classes (or HC's roughness test fired, calibrated by its own effect size). Returns the
+    modified z-scores, the evidence where the outlier test starts, and the calls."""
+    z, med, mad = outlier_scores(np.array([r["evidence"] for r in results]), np.array([r["llr"] for r in results]))
+    # The roughness test is calibrated by its own effect size (rough_ratio, measured against every
+    # clean class of two models) rather than against the other classes' GW and concentration
+    # structure, which a texture trigger need not change: it is not gated by the outlier test.
+    sus = [bool(r["suspicious"] and (zc > outlier_z or r["class_test_by"] == "roughness")) for r, zc in zip(results, z)]
+    return z, med + outlier_z * mad, sus
+
+
+def _record(r: dict, zc: float, sus: bool) -> dict[str, Any]:
+    """A class's record of one defence (scan.json's per-class keys, and ``by_method`` under auto)."""
+    return {"evidence": r["evidence"], "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
+            "separation": r["mixture"].get("separation"), "decided_separation": r.get("decided_separation"),
+            "llr": r["llr"], "class_test_by": r["class_test_by"], "concentrated": r["mixture"].get("concentrated"),
+            "concentration_ratio": _ratio(r["focus_gain"]), "seconds": r["seconds"]}  # fmt: skip
+
+
+def decide_class(recs: dict[str, dict[str, Any]], corroborate_z: float = AUTO_CORROBORATE_Z) -> tuple[list[str], str]:
+    """Which defences call a class, and whose flags it keeps.
+
+    ``recs``: the class's record of each defence (``suspicious``, ``outlier_z``,
+    ``decided_separation``), HC's first. One defence: its own call. HC and AC (``auto``): HC's call,
+    or AC's where HC's outlier z exceeds ``corroborate_z`` (else AC's record is marked
+    ``uncorroborated``). The flags are those of the calling defence with the larger Ashman's D of
+    the statistic that flagged (the first defence's where none calls). Returns (calling defences, the deciding one).
+    """
+    called = [m for m, rec in recs.items() if rec["suspicious"]]
+    if len(recs) > 1 and called == ["ac"] and recs["hc"]["outlier_z"] <= corroborate_z:
+        # AC alone calls clean classes (3 on the demo's poisoned model, 3 on its cleaned one):
+        # under auto its call needs HC's evidence to stand out of the classes too, at a lower bar
+        recs["ac"]["uncorroborated"] = True
+        called = []
+    by = max(called, key=lambda m: recs[m]["decided_separation"] or 0.0) if called else next(iter(recs))
+    return called, by
+
+
+def scan_run(run: str | os.PathLike, spec: DetectSpec | str = AUTO, executor: Any = "local", jobs: int = 1,
+             ray_address: str | None = None, device=None, min_size: int = 10, outlier_z: float = 3.5,
+             corroborate_z: float = AUTO_CORROBORATE_Z) -> dict[str, Any]:  # fmt: skip
+    """Scan every class of ``run`` with ``spec`` (method ``auto``, ``hc`` or ``ac``); see the module docstring.
+
+    ``auto`` runs HC and AC side by side (one LRP pass, one activation pass): a class is suspicious
+    where HC calls it, or where AC calls it and HC's evidence for it is an outlier of modified
+    z-score above ``corroborate_z`` (AC's call corroborated); it keeps the flags of the defence
+    whose flagged split lies further apart (Ashman's D of the statistic that flagged it;
+    ``decided_by`` in scan.json).
     ``executor``: ``local``, ``ray`` or an executor object (:mod:`poisonsift.executors`).
     ``min_size``: classes with fewer training images are listed with evidence 0 and not split.
     ``outlier_z``: a class is suspicious where its own test says so *and* its evidence is an
@@ -184,41 +270,37 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
     pd = load_poisoned(run / "poisoned.npz")
     truth = (run / "attack.json").is_file()  # made by `poison`; an audit's run has no ground truth
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
     from poisonsift.training import load_checkpoint
 
     model, norm = load_checkpoint(run / "model.pt", device)
     spec = spec.for_model(model)  # lrp_rule "auto" -> the rule for this network, recorded in scan.json
-    feats = _features(run, spec, pd, model, norm)
-    seconds["lrp" if spec.method == "hc" else "activations"] = time.perf_counter() - t
     classes = np.unique(pd.y_train)
     big = [int(c) for c in classes if (pd.y_train == c).sum() >= min_size]
     if not big:
         raise DataError(f"no class has {min_size} or more training images to split")
-    base = {"features": str(feats), "spec": spec.to_dict(), "threads": getattr(ex, "cpus_per_task", None)}
-    tasks = [{**base, "rows": np.flatnonzero(pd.y_train == c).tolist()} for c in big]
+    halves: dict[str, tuple[list[dict], np.ndarray, float, list[bool]]] = {}
     t = time.perf_counter()
-    results = ex.map(scan_class, tasks, desc=f"scan ({spec.method}, {len(big)} classes)")
-    seconds["clustering"] = time.perf_counter() - t
-    z, med, mad = outlier_scores(np.array([r["evidence"] for r in results]), np.array([r["llr"] for r in results]))
+    for part in spec.parts():
+        results, secs = _half(run, part, pd, model, norm, big, ex)
+        seconds["lrp" if part.method == "hc" else "activations"] = secs
+        halves[part.method] = (results, *_called(results, outlier_z))
+    seconds["clustering"] = time.perf_counter() - t - sum(seconds.values())
     n = len(pd.y_train)
     scores = np.full(n, np.nan)
     flagged = np.zeros(n, dtype=bool)
     labels = np.full(n, -1)
     entries = []
-    for c, r, zc in zip(big, results, z):
+    for i, c in enumerate(big):
+        recs = {m: _record(res[i], z[i], sus[i]) for m, (res, z, _, sus) in halves.items()}
+        called, by = decide_class(recs, corroborate_z)
+        r = halves[by][0][i]
         rows = np.asarray(r["rows"])
-        # The roughness test is calibrated by its own effect size (rough_ratio, measured against every
-        # clean class of two models) rather than against the other classes' GW and concentration
-        # structure, which a texture trigger need not change: it is not gated by the outlier test.
-        sus = bool(r["suspicious"] and (zc > outlier_z or r["class_test_by"] == "roughness"))
         scores[rows], labels[rows] = r["scores"], r["cluster_labels"]
-        flagged[rows] = np.asarray(r["is_poisoned"]) & sus
-        e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), "evidence": r["evidence"],
-             "suspicious": sus, "outlier_z": float(zc), "class_test": bool(r["suspicious"]),
-             "separation": r["mixture"].get("separation"), "llr": r["llr"], "class_test_by": r["class_test_by"],
-             "concentrated": r["mixture"].get("concentrated"),
-             "concentration_ratio": _ratio(r["focus_gain"]), "seconds": r["seconds"]}  # fmt: skip
+        flagged[rows] = np.asarray(r["is_poisoned"]) & bool(called)
+        e = {"class": c, "n": int(len(rows)), "n_flagged": int(flagged[rows].sum()), **recs[by],
+             "suspicious": bool(called)}  # the evidence of the defence it is decided by (HC where none calls it)
+        if len(recs) > 1:
+            e.update(decided_by=by, called_by=called, by_method=recs)
         if truth:
             e["n_poisoned_true"] = int(pd.poison_mask[rows].sum())
         entries.append(e)
@@ -227,11 +309,12 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
             entries.append({"class": int(c), "n": int((pd.y_train == c).sum()), "n_flagged": 0, "evidence": 0.0,
                             "suspicious": False, "outlier_z": 0.0, "skipped": f"fewer than {min_size} images"})  # fmt: skip
     entries.sort(key=lambda e: (not e["suspicious"], -e["evidence"]))  # suspicious classes first
+    first = next(iter(halves))
     summary: dict[str, Any] = {
         "method": spec.method,
         "rule": spec.rule,
         "outlier_z": outlier_z,
-        "evidence_threshold": med + outlier_z * mad,  # where the outlier test starts, in evidence units
+        "evidence_threshold": halves[first][2],  # where the outlier test starts, in evidence units
         "classes": entries,
         "suspicious_classes": [e["class"] for e in entries if e["suspicious"]],
         "n": n,
@@ -239,8 +322,11 @@ def scan_run(run: str | os.PathLike, spec: DetectSpec | str = "hc", executor: An
         "seconds": seconds,
         "config": spec.to_dict(),
         "executor": ex.name,
-        "features": os.path.relpath(feats, run),  # the heatmaps / activations, for the report
+        "features": halves[first][0][0]["features"],  # the heatmaps (HC, auto) / activations, for the report
     }
+    if len(halves) > 1:
+        summary["evidence_thresholds"] = {m: h[2] for m, h in halves.items()}
+        summary["feature_files"] = {m: h[0][0]["features"] for m, h in halves.items()}
     if pd.path_train is not None:  # which files: the user's question
         summary["flagged_files"] = pd.path_train[flagged].tolist()
     if truth:  # a run made by `poison` (a control or cleaned run included) knows its poison

@@ -16,7 +16,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     wc = None if args.write_clean is None else Path(args.write_clean) if args.write_clean else out / "clean"
     cfg = AuditConfig(train=get_preset(args.preset, epochs=args.epochs, seed=args.seed, arch=args.arch),
-                      spec=detect_spec(args, "hc"), size=args.size, write_clean=wc, jobs=args.jobs)  # fmt: skip
+                      spec=detect_spec(args), size=args.size, write_clean=wc, jobs=args.jobs)  # fmt: skip
     if not args.json:
         print(f"auditing {args.dir}: prepare, train ({args.arch}, {args.preset} preset), scan every class",
               file=sys.stderr)  # fmt: skip

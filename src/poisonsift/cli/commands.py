@@ -165,8 +165,8 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
 
 
 def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
-    """``--class auto``: the top class of the run's scan (``scan.json`` of the same method if
-    there is one, else a new scan with the detection's options)."""
+    """``--class auto``: the top class of the run's scan (``scan.json`` of the same method or of
+    the default ``auto``, HC and AC, if there is one, else a new scan with the detection's options)."""
     import dataclasses
 
     from poisonsift.defences import HC_DEFAULT_RULE, MIXTURE_RULES
@@ -175,7 +175,7 @@ def _scan_top_class(run: str, spec) -> tuple[int, list[dict[str, Any]]]:
     method = spec.method if spec.method in SCAN_METHODS else "hc"
     path = Path(run) / "scan.json"
     scan = json.loads(path.read_text()) if path.is_file() else None
-    if scan is None or scan.get("method") != method:
+    if scan is None or scan.get("method") not in (method, "auto"):  # the default scan (auto) runs both
         rule = spec.rule if spec.rule in MIXTURE_RULES else HC_DEFAULT_RULE
         scan = scan_run(run, dataclasses.replace(spec, method=method, subset=None, rule=rule, ac_reduce=SCAN_AC_REDUCE))
     return int(scan["classes"][0]["class"]), scan["classes"]
@@ -227,7 +227,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from poisonsift.scan import scan_run
 
     s = scan_run(args.run, detect_spec(args, args.method), executor=args.executor, jobs=args.jobs,
-                 ray_address=args.ray_address, outlier_z=args.outlier_z)  # fmt: skip
+                 ray_address=args.ray_address, outlier_z=args.outlier_z, corroborate_z=args.corroborate_z)  # fmt: skip
     lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8} {'outlier z':>9} {'focus':>6}  suspicious"]
     lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.3f} {e['outlier_z']:>9.1f} "
               f"{_focus(e.get('concentration_ratio')):>6}  {'yes' if e['suspicious'] else ''}"

@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"network: {', '.join(ARCHS)} or torchvision:<name> (any torchvision classifier, "
                              f"e.g. torchvision:resnet18); default {DEFAULT_ARCH}, the paper's")  # fmt: skip
 
+    def add_scan_method(sp):
+        """scan's and audit's --method and AC's --layer."""
+        from poisonsift.scan import SCAN_METHODS
+
+        sp.add_argument("--method", default="auto", choices=SCAN_METHODS,
+                        help="defence run on each class: auto (default: HC and AC side by side, a class suspicious "
+                             "where either calls it, the flags of the clearer split), hc or ac alone")  # fmt: skip
+        sp.add_argument("--layer", default=None, help="ac, auto: AC's hidden layer (default: the network's, relu_fc2 on "
+                                                      "small-inception)")  # fmt: skip
+
     def add_hc_options(sp, ac_reduce: str = "pca-whiten", lrp_precision: str = "float32"):
         """The options shared by detect, scan and demo: LRP rule and precision (``lrp_precision``: its
         default here; ``auto`` offered where it is the default), the decision rule, AC's reduction
@@ -194,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scan", help="run a defence on every class of a run; writes DIR/scan.json and DIR/scan.npz")
     sc.add_argument("--run", required=True, help="run directory with poisoned.npz and model.pt")
-    sc.add_argument("--method", default="hc", choices=["hc", "ac"], help="defence run on each class (default hc)")
-    sc.add_argument("--layer", default=None, help="ac: hidden layer (default relu_fc2)")
+    add_scan_method(sc)
     sc.add_argument("--executor", default="local", choices=["local", "ray"])
     sc.add_argument("--jobs", type=positive_int, default=1, help="local executor: classes clustered at once in worker processes")
     sc.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local Ray)")
@@ -203,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--outlier-z", type=float, default=3.5,
                     help="a class is suspicious only if its evidence is an outlier among the classes: modified "
                          "z-score above this (default 3.5)")
-    from poisonsift.scan import SCAN_AC_REDUCE
+    from poisonsift.scan import AUTO_CORROBORATE_Z, SCAN_AC_REDUCE
+
+    sc.add_argument("--corroborate-z", type=float, default=AUTO_CORROBORATE_Z,
+                    help="auto: AC's call of a class counts where HC's evidence for it has a modified z-score above "
+                         f"this (default {AUTO_CORROBORATE_Z:g}; AC's class test alone calls clean classes)")  # fmt: skip
 
     add_hc_options(sc, ac_reduce=SCAN_AC_REDUCE)
     add_json(sc)
@@ -223,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a copy of DIR without the flagged files (hard links where possible) to CLEAN, "
                          "a new folder inside --out (default OUT/clean)")
     au.add_argument("--jobs", type=positive_int, default=1, help="classes clustered at once in worker processes")
+    add_scan_method(au)
     au.add_argument("--seed", type=nonnegative_int, default=0)
     add_hc_options(au, ac_reduce=SCAN_AC_REDUCE, lrp_precision="auto")
     add_json(au)
@@ -243,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="reproduce the paper's tables (cached, resumable; local or Ray)")
     rp.add_argument("--table", required=True, type=tables_arg,
-                    help="1, 2, 3, 4, 5, fig6, sizes or all; several joined by commas (e.g. 1,3)")
-    rp.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="training preset (default cpu)")
+                    help="1, 2, 3, 4, 5, fig6, sizes or all (the paper's), or attacks (poisonsift's: blended, SIG, "
+                         "WaNet, adaptive-blend and all-to-one attacks, each detected, scanned, cleaned and retrained, "
+                         "beside the floor); several joined by commas (e.g. 1,3)")  # fmt: skip
+    rp.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"],
+                    help="training preset (default cpu; demo: 2 epochs without augmentation, for a quick sitting)")
     rp.add_argument("--repeats", type=int, default=None, help="table 5: repeats per p (default 10)")
     rp.add_argument("--epochs", type=int, default=None,
                     help="override the preset's epochs for every training (a quicker, smaller reproduction)")

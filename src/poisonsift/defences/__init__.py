@@ -20,7 +20,7 @@ from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
 from poisonsift.defences.heatmap import HC_DEFAULT_RULE, SAMPLE_SCORES, HCConfig, HeatmapClustering
 from poisonsift.defences.ranking import rank_classes
 from poisonsift.defences.raw import RawClustering, RawConfig
-from poisonsift.defences.spec import METHODS, DetectSpec, build_defence, default_rule
+from poisonsift.defences.spec import AUTO, METHODS, DetectSpec, build_defence, default_rule
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "SAMPLE_SCORES",
     "GatedHeatmapClustering",
     "GateConfig",
+    "AUTO",
     "DetectSpec",
     "build_defence",
     "default_rule",

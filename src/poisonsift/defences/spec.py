@@ -16,10 +16,12 @@ from poisonsift.errors import ConfigError
 from poisonsift.gw import GWKMeansConfig
 from poisonsift.utils import config_hash
 
-__all__ = ["DetectSpec", "METHODS", "build_defence", "default_rule"]
+__all__ = ["AUTO", "DetectSpec", "METHODS", "build_defence", "default_rule"]
 
 METHODS = ("raw-pca", "raw-ica", "ac", "spectral", "hc", "ac-hc")
-_HC_METHODS = ("hc", "ac-hc")
+#: ``auto`` is a scan's method, not a defence: HC and AC side by side on every class (:meth:`DetectSpec.parts`)
+AUTO = "auto"
+_HC_METHODS = ("hc", "ac-hc", AUTO)
 
 
 def default_rule(method: str) -> str:
@@ -60,7 +62,7 @@ class DetectSpec:
     rough_ratio: float | None = 2.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in (*METHODS, AUTO):
             raise ConfigError(f"unknown detection method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.subset is not None and self.subset < 2:
             raise ConfigError(f"subset must be >= 2 images, got {self.subset}")
@@ -84,6 +86,13 @@ class DetectSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def parts(self) -> list["DetectSpec"]:
+        """The defences this spec runs: for ``auto`` (a scan's method) HC and AC with these
+        options (AC with ``ac_reduce`` and the same decision rule), else the spec itself."""
+        if self.method != AUTO:
+            return [self]
+        return [dataclasses.replace(self, method="hc"), dataclasses.replace(self, method="ac")]
 
     def for_arch(self, arch: str) -> "DetectSpec":
         """This spec with ``lrp_rule="auto"`` replaced by the rule for networks of ``arch``
@@ -112,7 +121,7 @@ class DetectSpec:
             for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score", "focus_ratio",
                       "rough_ratio"):
                 del fields[k]
-        if self.method not in ("ac", "ac-hc"):
+        if self.method not in ("ac", "ac-hc", AUTO):
             del fields["ac_reduce"]
         if fields.get("sample_score") != "concentration":  # the second and third class tests need it
             fields.pop("focus_ratio", None)
@@ -136,6 +145,9 @@ def build_defence(spec: DetectSpec | str, cache_dir: str | None = None):
     """
     if isinstance(spec, str):
         spec = DetectSpec(spec)
+    if spec.method == AUTO:
+        raise ConfigError("'auto' (HC and AC side by side) is a method of scan, not one defence: detect runs one of "
+                          + ", ".join(METHODS))
     r = spec.decision
     if spec.method in ("raw-pca", "raw-ica"):
         return RawClustering(RawConfig(reducer=spec.method[4:], seed=spec.seed, rule=r))

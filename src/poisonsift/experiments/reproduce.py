@@ -13,7 +13,7 @@ import numpy as np
 from poisonsift import __version__
 from poisonsift.defences.spec import DetectSpec
 from poisonsift.executors import make_executor
-from poisonsift.experiments.specs import TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
+from poisonsift.experiments.specs import PAPER_TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
 from poisonsift.experiments.units import execute_detection, execute_training
 from poisonsift.utils import atomic_write_json, cache_dir, config_hash, source_commit
 
@@ -27,8 +27,8 @@ def _for_run(d: DetectSpec, rs: RunSpec) -> DetectSpec:
 def _value(col: Column, row: Row, run_res: dict, dets: dict[str, dict]) -> float | None:
     if col.source == "metrics":
         v = run_res["metrics"].get(col.field)
-    elif col.source == "train":
-        v = run_res.get(col.field)
+    elif col.source in ("train", "scan", "floor"):  # the scan's and the floor's records ride on the run's
+        v = (run_res if col.source == "train" else run_res.get(col.source) or {}).get(col.field)
     else:
         alias = row.detection if col.source == "@row" else col.source
         v = dets[alias].get(col.field) if alias in dets else None
@@ -45,15 +45,23 @@ def _paper_row(paper: dict[str, Any], table: TableSpec, row: Row) -> dict[str, A
 
 
 def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[tuple[str, str], dict],
-             fingerprint: str, paper: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """One table's results: per row ``ours``, ``paper`` and ``diff`` (ours - paper), in percent."""
+             fingerprint: str, paper: dict[str, Any], scans: dict[tuple[str, str], dict] | None = None,
+             floors: dict[tuple[str, str], dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One table's results: per row ``ours``, ``paper`` and ``diff`` (ours - paper), in percent.
+    ``scans`` / ``floors``: the records of the table's scan and floor units (by :func:`_scan_units`'
+    and :func:`_floor_units`' keys), read by its "scan" and "floor" columns."""
     rows_out = []
     for row in table.rows:
         per_run = []
         for rs in row.runs:
             key = rs.key(fingerprint)
             dets = {a: det_results[(key, _for_run(d, rs).key())] for a, d in table.detections_for(row).items()}
-            per_run.append((run_results[key], dets))
+            rr = dict(run_results[key])
+            if table.scan is not None:
+                rr["scan"] = (scans or {})[(key, table.scan.key())]
+            if table.needs_floor:
+                rr["floor"] = (floors or {})[_floor_key(table, rs, fingerprint)]
+            per_run.append((rr, dets))
         ours: dict[str, float | None] = {}
         by_col: dict[str, list[float | None]] = {}
         for col in table.columns:
@@ -72,6 +80,7 @@ def assemble(table: TableSpec, run_results: dict[str, dict], det_results: dict[t
             "runs": [_under_cache(rr["dir"]) for rr, _ in per_run],
             "detections": {a: [_under_cache(dd[a]["path"]) for _, dd in per_run] for a in table.detections_for(row)},
             "seconds": {"train": [rr["train_seconds"] for rr, _ in per_run],
+                        **({"scan": [rr["scan"]["seconds"] for rr, _ in per_run]} if table.scan is not None else {}),
                         **{a: [dd[a]["seconds"] for _, dd in per_run] for a in table.detections_for(row)}},
             "per_class_asr": per_run[0][0]["metrics"].get("per_class_asr"),
         })  # fmt: skip
@@ -130,7 +139,7 @@ def _total(seconds: Any) -> float:
 def _table_specs(tables, preset, repeats, train, ps) -> list[TableSpec]:
     names: list[str | TableSpec] = []
     for t in tables:
-        names.extend(TABLES if t == "all" else [t])
+        names.extend(PAPER_TABLES if t == "all" else [t])
     return [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps) for t in names]
 
 
@@ -140,11 +149,40 @@ def _run_units(specs: list[TableSpec], fp: str) -> tuple[dict[str, RunSpec], dic
     for ts in specs:
         for rs in ts.run_specs():
             runs.setdefault(rs.key(fp), rs)
+    for floor_rs, _ in _floor_units(specs, fp).values():
+        runs.setdefault(floor_rs.key(fp), floor_rs)
     surrogates: dict[str, RunSpec] = {}
     for rs in runs.values():
         if rs.attack.needs_surrogate:
             surrogates.setdefault(config_hash(rs.surrogate_config().to_dict()), rs)
     return runs, surrogates
+
+
+def _floor_key(table: TableSpec, rs: RunSpec, fp: str) -> tuple[str, str]:
+    """(floor model's run key, the attack's config hash): one floor unit per attack and model."""
+    return table.floor_run(rs).key(fp), config_hash(rs.attack.build().config())
+
+
+def _floor_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], tuple[RunSpec, RunSpec]]:
+    """The distinct floors of the tables: key -> (the floor model's run, the attacked run)."""
+    units: dict[tuple[str, str], tuple[RunSpec, RunSpec]] = {}
+    for ts in specs:
+        if ts.needs_floor:
+            for rs in ts.run_specs():
+                units.setdefault(_floor_key(ts, rs, fp), (ts.floor_run(rs), rs))
+    return units
+
+
+def _scan_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], tuple[RunSpec, DetectSpec, bool]]:
+    """The distinct (run key, scan key) scans of the tables: (run, scan spec, retrain after it)."""
+    units: dict[tuple[str, str], tuple[RunSpec, DetectSpec, bool]] = {}
+    for ts in specs:
+        if ts.scan is not None:
+            for rs in ts.run_specs():
+                k = (rs.key(fp), ts.scan.key())
+                prev = units.get(k)
+                units[k] = (rs, ts.scan, ts.retrain or bool(prev and prev[2]))
+    return units
 
 
 def _detection_units(specs: list[TableSpec], fp: str) -> dict[tuple[str, str], tuple[RunSpec, DetectSpec]]:
@@ -199,7 +237,8 @@ def plan(
                                             ("evaluate", "metrics.json")) if not (folder / f).exists()), "cached")  # fmt: skip
         a = rs.attack
         entries.append({"key": key, "attack": a.kind, "p": a.p, "size": a.size, "amp": a.amp, "seed": rs.seed,
-                        "epochs": rs.train_config().epochs, "tables": in_tables[key], "status": status})  # fmt: skip
+                        "epochs": rs.train_config().epochs, "tables": in_tables.get(key, ["floor"]),
+                        "status": status})  # fmt: skip
     surs = []
     for rs in surrogates.values():
         cfg = rs.surrogate_config()
@@ -210,6 +249,8 @@ def plan(
         path = run_dir(cache, key) / "detections" / spec.filename()
         ok = path.exists() and path.with_suffix(".npz").exists() and _stored_spec(read_json(path).get("spec")) == spec
         missing += not ok
+    scans = _scan_units(specs, fp)
+    scans_missing = sum(not (run_dir(cache, k) / "scans" / sk / "row.json").exists() for k, sk in scans)
     to_train = [e for e in entries if e["status"] in ("poison", "train")]
     return {
         "cache": str(cache),
@@ -222,6 +263,9 @@ def plan(
             "evaluations": sum(e["status"] != "cached" for e in entries),
             "detections": missing,
             "detections_total": len(dets),
+            "scans": scans_missing,  # each with its clean --retrain where the table asks for it
+            "retrainings": sum(rt for k, (_, _, rt) in scans.items()
+                               if not (run_dir(cache, k[0]) / "scans" / k[1] / "row.json").exists()),
         },
     }
 
@@ -287,6 +331,18 @@ def reproduce(
         [rs.wants_gpu for _, (rs, _) in det_list], desc="detections",
     )  # fmt: skip
     det_results = dict(zip([k for k, _ in det_list], det_out))
+    from poisonsift.experiments.units import execute_floor, execute_scan
+
+    scan_list = list(_scan_units(specs, fp).items())
+    scan_out = ex.map(execute_scan, [{**base, "dir": run_results[k[0]]["dir"], "scan": d.to_dict(), "retrain": rt}
+                                     for k, (_, d, rt) in scan_list],
+                      [rs.wants_gpu for _, (rs, _, _) in scan_list], desc="scans (and retrainings)")  # fmt: skip
+    scans = dict(zip([k for k, _ in scan_list], scan_out))
+    floor_list = list(_floor_units(specs, fp).items())
+    floor_out = ex.map(execute_floor, [{**base, "dir": run_results[k[0]]["dir"], "attack": dataclasses.asdict(rs.attack),
+                                        "seed": rs.seed} for k, (_, rs) in floor_list],
+                       [False] * len(floor_list), desc="floors")  # fmt: skip
+    floors = dict(zip([k for k, _ in floor_list], floor_out))
 
     paper = paper_values()
     res = {
@@ -300,17 +356,20 @@ def reproduce(
         # detection paths are relative to the cache, the cache and the data relative to ``out``.
         "data": _relative(data_path, out) if data_path else None,
         "cache": _relative(cache, out),
-        "tables": {ts.name: assemble(ts, run_results, det_results, fp, paper) for ts in specs},
+        "tables": {ts.name: assemble(ts, run_results, det_results, fp, paper, scans, floors) for ts in specs},
         "computed": {
             "runs": sum(bool(r["computed"]) for r in run_results.values()),
             "detections": sum(bool(r["computed"]) for r in det_results.values()),
-            "units": len(run_results) + len(det_results),
+            **({"scans": sum(bool(r["computed"]) for r in scans.values())} if scans else {}),
+            **({"floors": sum(bool(r["computed"]) for r in floors.values())} if floors else {}),
+            "units": len(run_results) + len(det_results) + len(scans) + len(floors),
         },
         # What the units cost when they were computed (this call or an earlier one, from their
         # records): a report assembled from the cache still says what the reproduction took.
         "unit_seconds": {
             "runs": sum(_total(r["seconds"]) for r in run_results.values()),
             "detections": sum(_total(r.get("seconds")) for r in det_results.values()),
+            **({"scans": sum(_total(r.get("seconds")) for r in scans.values())} if scans else {}),
         },
     }
     res["seconds"] = time.perf_counter() - t0

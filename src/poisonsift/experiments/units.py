@@ -123,3 +123,93 @@ def execute_training(task: dict[str, Any]) -> Any:
     runs that need no surrogate train beside the surrogates instead of after them."""
     return execute_surrogate(task) if task.get("unit") == "surrogate" else execute_run(task)
 
+
+
+def floor_attack(attack: dict[str, Any]) -> dict[str, Any]:
+    """An :class:`AttackSpec` dict with nothing poisoned and no covers: its training set is the
+    clean one, its test trigger the attack's (the floor's ASR)."""
+    params = dict(attack.get("params") or {})
+    if "cover_rate" in params or attack.get("kind") == "adaptive-blend":
+        params["cover_rate"] = 0.0
+    return {**attack, "p": 0.0, "params": params}
+
+
+@_unit
+def execute_floor(task: dict[str, Any]) -> dict[str, Any]:
+    """The floor of an attack: ASR of the unpoisoned model in ``task["dir"]`` (a run of ``p = 0``)
+    with the test trigger of ``task["attack"]`` (an :class:`AttackSpec` dict). The floor run lives
+    in ``DIR/floors/<key>/``: the attack at ``p = 0`` (the same clean training set, checked) and
+    the unpoisoned model, evaluated. Returns ``{"asr", "clean_accuracy", "dir", "computed"}``."""
+    import numpy as np
+
+    from poisonsift.experiments.specs import AttackSpec
+    from poisonsift.runs import evaluate_run, load_poisoned, poison_run, read_json
+
+    spec = AttackSpec(**floor_attack(task["attack"]))
+    model_run = Path(task["dir"])
+    d = model_run / "floors" / config_hash(spec.build().config())
+    if task.get("force") and d.exists():
+        shutil.rmtree(d)
+    if (d / "metrics.json").exists():
+        m = read_json(d / "metrics.json")
+        return {"asr": m["asr"], "clean_accuracy": m["clean_accuracy"], "dir": str(d), "computed": False}
+    poison_run(_load_data(task["data"]), spec.build(), d, seed=task.get("seed", 0))
+    a, b = load_poisoned(d / "poisoned.npz"), load_poisoned(model_run / "poisoned.npz")
+    if not (np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_train, b.y_train)):
+        raise DataError(f"{model_run}: its model was not trained on the clean set the floor of {spec.kind} needs")
+    for f in ("model.pt", "train.json"):
+        shutil.copyfile(model_run / f, d / f)
+    m = evaluate_run(d, task.get("device"))
+    return {"asr": m["asr"], "clean_accuracy": m["clean_accuracy"], "dir": str(d), "computed": True}
+
+
+@_unit
+def execute_scan(task: dict[str, Any]) -> dict[str, Any]:
+    """The scan of the run in ``task["dir"]`` (``task["scan"]``: a :class:`DetectSpec` dict) and,
+    with ``task["retrain"]``, ``clean --retrain`` after it: the flagged images removed and the
+    model trained again with the run's preset and seed. Kept in ``DIR/scans/<key>/`` (``scan.json``,
+    ``scan.npz``, ``row.json``, the cleaned run ``clean/``); a finished one is read back.
+
+    ``row.json``: the attacked class's (the attack's target) ``acc``, ``tpr``, ``tnr``, ``auroc``
+    (the scan's flags and scores on that class), its ``rank`` in the scan (1: first), whether it is
+    ``suspicious``, the ``suspicious_classes``, whole-set ``whole_tpr`` / ``whole_tnr``, ``n_flagged``
+    and, retrained, ``asr_after`` and ``clean_accuracy_after``."""
+    import numpy as np
+
+    from poisonsift.metrics import detection_metrics
+    from poisonsift.runs import clean_run, load_poisoned, read_json, retrain_cleaned
+    from poisonsift.scan import scan_run
+
+    spec = DetectSpec(**task["scan"])
+    run = Path(task["dir"])
+    d = run / "scans" / spec.key()
+    if task.get("force") and d.exists():
+        shutil.rmtree(d)
+    if (d / "row.json").exists():
+        return {**read_json(d / "row.json"), "dir": str(d), "computed": False}
+    d.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    s = scan_run(run, spec, device=task.get("device"))
+    for f in ("scan.json", "scan.npz"):
+        shutil.copyfile(run / f, d / f)
+    target = int(read_json(run / "attack.json")["target_class"])
+    pd = load_poisoned(run / "poisoned.npz")
+    rows = np.flatnonzero(pd.y_train == target)
+    with np.load(d / "scan.npz") as z:
+        m = detection_metrics(pd.poison_mask[rows], z["is_poisoned"][rows], z["scores"][rows])
+    order = [e["class"] for e in s["classes"]]
+    row = {**{k: m[k] for k in ("acc", "tpr", "tnr", "auroc")}, "rank": order.index(target) + 1,
+           "suspicious": target in s["suspicious_classes"], "suspicious_classes": s["suspicious_classes"],
+           "whole_tpr": s["tpr"], "whole_tnr": s["tnr"], "n_flagged": s["n_flagged"],
+           "seconds": {"scan": time.perf_counter() - t}}  # fmt: skip
+    if task.get("retrain"):
+        t = time.perf_counter()
+        cleaned = d / "clean"
+        if cleaned.exists():  # an interrupted retraining: start it again from the scan's flags
+            shutil.rmtree(cleaned)
+        clean_run(run, cleaned, "scan")
+        r = retrain_cleaned(run, cleaned, device=task.get("device"))
+        row.update(asr_after=r["asr_after"], clean_accuracy_after=r["clean_accuracy_after"])
+        row["seconds"]["retrain"] = time.perf_counter() - t
+    atomic_write_json(d / "row.json", row)
+    return {**row, "dir": str(d), "computed": True}

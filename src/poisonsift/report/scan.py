@@ -70,7 +70,7 @@ def _fig_evidence(summary: dict[str, Any], figdir: Path) -> Path:
 def _heatmaps_of(run: Path, summary: dict[str, Any], pd, rows: np.ndarray) -> np.ndarray:
     """(len(rows), H, W) heatmaps: the scan's cached ones (HC), else HC's default rule for this network on these rows."""
     feats = summary.get("features")
-    if summary.get("method") == "hc" and feats and (run / feats).is_file():
+    if summary.get("method") in ("hc", "auto") and feats and (run / feats).is_file():
         return np.asarray(np.load(run / feats, mmap_mode="r")[rows])
     from poisonsift.explain import lrp_heatmaps
     from poisonsift.training import load_checkpoint
@@ -150,14 +150,19 @@ def write_scan_report(run: str | Path, top: int = 3, per_class: int = 5, figures
     sus = summary["suspicious_classes"]
     truth = f" TPR {summary['tpr']:.4f}, TNR {summary['tnr']:.4f} against the run's ground truth." if "tpr" in summary else ""
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items())
-    meta = (f"{summary['method'].upper()} with the {summary['rule']} decision on every class of {summary['n']} "
+    how = "HC and AC side by side (auto)" if summary["method"] == "auto" else summary["method"].upper()
+    meta = (f"{how} with the {summary['rule']} decision on every class of {summary['n']} "
             f"training images: suspicious classes {', '.join(map(str, sus)) or 'none'}; {summary['n_flagged']} "
             f"images flagged.{truth} Seconds: {secs}.")  # fmt: skip
     head = ["class", "name", "n", "flagged", "evidence", "suspicious"] + (["poisoned (truth)"] if "tpr" in summary else [])
     body = []
     for e in summary["classes"][:10]:
         name = pd.classes[e["class"]] if e["class"] < len(pd.classes) else ""
-        cells = [str(e["class"]), name, str(e["n"]), str(e["n_flagged"]), f"{e['evidence']:.3f}", "yes" if e["suspicious"] else ""]
+        # auto: which defences called the class, the one whose flags it keeps first
+        by = e.get("called_by") or []
+        called = " + ".join(sorted(m.upper() for m in by)) + (f" (flags: {e['decided_by'].upper()})" if len(by) > 1 else "")
+        cells = [str(e["class"]), name, str(e["n"]), str(e["n_flagged"]), f"{e['evidence']:.3f}",
+                 ("yes, " + called if by else "yes") if e["suspicious"] else ""]  # fmt: skip
         body.append(cells + ([str(e.get("n_poisoned_true", 0))] if "tpr" in summary else []))
 
     def rel(p: Path) -> str:
