@@ -408,3 +408,25 @@ def test_small_inception_lrp_takes_one_transposed_convolution_per_relu_layer(mon
     assert len(nonneg) == 6 and all(counts[n] == 1 for n in nonneg)
     assert sorted(n for n, c in counts.items() if c == 2) == sorted(
         ["inception.branch5x5_1.conv", "inception.branch3x3dbl_1.conv", "inception.branch_pool.conv"])
+
+
+def test_lrp_pass_keeps_the_activations_of_the_paper_rule(tmp_path):
+    """Under the paper's rule the LRP pass is the network's own forward pass: the hidden layer's
+    outputs captured there are the activations to the bit, cached where activations_cache_file looks."""
+    from poisonsift.explain import activations, activations_cache_file, lrp_cache_file
+    from poisonsift.models import SmallInception
+
+    torch.manual_seed(0)
+    model = SmallInception(num_classes=4).eval()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, size=12)
+    heat = lrp_cache_file(model, x, y, None, tmp_path, rule="paper", activations_layer=None, batch_size=5)
+    cached = sorted(tmp_path.glob("activations-*.npy"))
+    assert len(cached) == 1 and activations_cache_file(model, x, y, None, None, tmp_path) == cached[0]
+    np.testing.assert_array_equal(np.load(cached[0]), activations(model, x, None, batch_size=5))
+    plain = lrp_cache_file(model, x, y, None, tmp_path / "b", rule="paper", batch_size=5)  # no capture
+    np.testing.assert_array_equal(np.load(heat), np.load(plain))  # capturing leaves the heatmaps alone
+    # another rule folds BatchNorm: no activations are kept from its pass
+    lrp_cache_file(model, x, y, None, tmp_path / "c", rule="epsilon-gamma-box", activations_layer=None)
+    assert not list((tmp_path / "c").glob("activations-*.npy"))

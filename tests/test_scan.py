@@ -334,18 +334,18 @@ def test_auto_is_a_scan_method_not_a_defence():
 
 
 def test_auto_needs_hc_to_back_an_ac_call():
-    """Under auto a class is called by HC, or by AC where HC's evidence stands out too (AC's class
+    """Under auto a class is called by HC, or by AC where HC's own class test fires too (AC's class
     test alone calls clean classes of real models); the flags come from the clearer split."""
     from poisonsift.scan import decide_class
 
-    def recs(hc_sus, hc_z, hc_d, ac_sus, ac_d):
-        return {"hc": {"suspicious": hc_sus, "outlier_z": hc_z, "decided_separation": hc_d},
-                "ac": {"suspicious": ac_sus, "outlier_z": 9.0, "decided_separation": ac_d}}
+    def recs(hc_sus, hc_test, hc_d, ac_sus, ac_d):
+        return {"hc": {"suspicious": hc_sus, "class_test": hc_test, "decided_separation": hc_d},
+                "ac": {"suspicious": ac_sus, "class_test": ac_sus, "decided_separation": ac_d}}
 
-    assert decide_class(recs(True, 25.7, 5.2, False, 2.6)) == (["hc"], "hc")  # HC alone
-    r = recs(False, -0.2, 1.6, True, 4.5)
-    assert decide_class(r) == ([], "hc") and r["ac"]["uncorroborated"]  # AC alone, HC sees nothing: not called
-    assert decide_class(recs(False, 2.5, 1.6, True, 4.5)) == (["ac"], "ac")  # AC, backed by HC's evidence
-    assert decide_class(recs(True, 30.0, 3.0, True, 6.0)) == (["hc", "ac"], "ac")  # both: the clearer split
-    assert decide_class(recs(False, 0.0, 1.0, False, 9.0)) == ([], "hc")
-    assert decide_class({"ac": {"suspicious": True, "outlier_z": 4.0, "decided_separation": 3.0}}) == (["ac"], "ac")
+    assert decide_class(recs(True, True, 5.2, False, 2.6)) == (["hc"], "hc")  # HC alone
+    r = recs(False, False, 1.6, True, 4.5)
+    assert decide_class(r) == ([], "hc") and r["ac"]["uncorroborated"]  # AC alone, HC's test silent: not called
+    assert decide_class(recs(False, True, 1.6, True, 4.5)) == (["ac"], "ac")  # AC, HC's test fired below its gate
+    assert decide_class(recs(True, True, 3.0, True, 6.0)) == (["hc", "ac"], "ac")  # both: the clearer split
+    assert decide_class(recs(False, False, 1.0, False, 9.0)) == ([], "hc")
+    assert decide_class({"ac": {"suspicious": True, "class_test": True, "decided_separation": 3.0}}) == (["ac"], "ac")

@@ -227,7 +227,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from poisonsift.scan import scan_run
 
     s = scan_run(args.run, detect_spec(args, args.method), executor=args.executor, jobs=args.jobs,
-                 ray_address=args.ray_address, outlier_z=args.outlier_z, corroborate_z=args.corroborate_z)  # fmt: skip
+                 ray_address=args.ray_address, outlier_z=args.outlier_z)  # fmt: skip
     lines = [f"{'class':>5} {'n':>6} {'flagged':>7} {'evidence':>8} {'outlier z':>9} {'focus':>6}  suspicious"]
     lines += [f"{e['class']:>5} {e['n']:>6} {e['n_flagged']:>7} {e['evidence']:>8.3f} {e['outlier_z']:>9.1f} "
               f"{_focus(e.get('concentration_ratio')):>6}  {'yes' if e['suspicious'] else ''}"

@@ -212,11 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--outlier-z", type=float, default=3.5,
                     help="a class is suspicious only if its evidence is an outlier among the classes: modified "
                          "z-score above this (default 3.5)")
-    from poisonsift.scan import AUTO_CORROBORATE_Z, SCAN_AC_REDUCE
-
-    sc.add_argument("--corroborate-z", type=float, default=AUTO_CORROBORATE_Z,
-                    help="auto: AC's call of a class counts where HC's evidence for it has a modified z-score above "
-                         f"this (default {AUTO_CORROBORATE_Z:g}; AC's class test alone calls clean classes)")  # fmt: skip
+    from poisonsift.scan import SCAN_AC_REDUCE
 
     add_hc_options(sc, ac_reduce=SCAN_AC_REDUCE)
     add_json(sc)

@@ -12,7 +12,7 @@ from poisonsift.errors import ConfigError, DataError
 from poisonsift.training import Normalizer, model_inputs
 from poisonsift.utils import progress
 
-__all__ = ["resolve_layer", "activations", "activations_cache_file"]
+__all__ = ["resolve_layer", "activations", "activations_cache_file", "activations_cache_path", "layer_width"]
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -82,16 +82,35 @@ def activations_cache_file(model: nn.Module, images: np.ndarray, labels: np.ndar
 
     The key covers the model's weights, the images, the labels, the normaliser and the layer.
     """
-    from poisonsift.explain.lrp import _fingerprint
-    from poisonsift.models import default_hidden_layer
     from poisonsift.utils import atomic_npy_memmap
 
-    layer = layer or default_hidden_layer(model)
-    module = resolve_layer(model, layer)
-    path = Path(cache_dir) / f"activations-{_fingerprint(model, images, labels, normalizer)}-{layer}.npy"
+    path = activations_cache_path(model, images, labels, normalizer, cache_dir, layer)
     if path.is_file():
         return path
-    width = []  # one image's forward pass: the layer's width, so the memory map can be made first
+    with atomic_npy_memmap(path, (len(images), layer_width(model, images, normalizer, layer))) as out:
+        activations(model, images, layer, normalizer, desc=desc, out=out)
+    return path
+
+
+def activations_cache_path(model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer: Normalizer | None,
+                           cache_dir, layer: str | None) -> Path:  # fmt: skip
+    """Where :func:`activations_cache_file` keeps the activations of ``layer`` (None: the model's
+    default hidden layer); the file may not exist yet."""
+    from poisonsift.explain.lrp import _fingerprint
+    from poisonsift.models import default_hidden_layer
+
+    layer = layer or default_hidden_layer(model)
+    resolve_layer(model, layer)
+    return Path(cache_dir) / f"activations-{_fingerprint(model, images, labels, normalizer)}-{layer}.npy"
+
+
+def layer_width(model: nn.Module, images: np.ndarray, normalizer: Normalizer | None, layer: str | None) -> int:
+    """The number of values ``layer`` outputs per image (one image's forward pass), so a memory map
+    of a whole set's activations can be made before they are computed."""
+    from poisonsift.models import default_hidden_layer
+
+    module = resolve_layer(model, layer or default_hidden_layer(model))
+    width = []
     handle = module.register_forward_hook(lambda m, i, o: width.append(o[0].numel()))
     try:
         with torch.inference_mode():
@@ -99,6 +118,4 @@ def activations_cache_file(model: nn.Module, images: np.ndarray, labels: np.ndar
             model(next(iter(model_inputs(model, images[:1], normalizer, 1)))[1])
     finally:
         handle.remove()
-    with atomic_npy_memmap(path, (len(images), width[-1])) as out:
-        activations(model, images, layer, normalizer, desc=desc, out=out)
-    return path
+    return width[-1]

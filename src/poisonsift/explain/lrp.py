@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from poisonsift.errors import ConfigError, DataError
+from poisonsift.explain.activations import activations_cache_path, layer_width, resolve_layer
 from poisonsift.explain.epsilon_gamma_box import _composite, lrp_dtype
 from poisonsift.training import Normalizer, model_inputs
 from poisonsift.utils import native_bfloat16, progress
@@ -106,8 +107,13 @@ def lrp_heatmaps(
     precision: str = "float32",
     rule: str = "epsilon-gamma-box",
     out: np.ndarray | None = None,
+    capture: tuple[nn.Module, np.ndarray] | None = None,
 ) -> np.ndarray:
     """LRP relevance maps, (N, H, W) float32, summed over colour channels.
+
+    ``capture``: ``(module, array)``: the module's flattened outputs in LRP's forward pass are
+    written to the (N, D) float32 array too (hidden-layer activations at no extra pass; the
+    network's own values where the rule leaves its forward pass alone, as the paper's does).
 
     ``out``: an (N, H, W) float32 array to fill and return (e.g. a memory map, so the heatmaps of
     a whole training set need not fit in memory); None allocates one.
@@ -137,10 +143,11 @@ def lrp_heatmaps(
     it is not offered. Ignored when ``composite`` is given.
     """
     with _out_of_place(model):
-        return _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc, precision, rule, out)
+        return _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc, precision, rule, out, capture)
 
 
-def _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc, precision, rule, out) -> np.ndarray:
+def _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc, precision, rule, out,
+                  capture=None) -> np.ndarray:  # fmt: skip
     from zennit.attribution import Gradient
 
     if len(images) != len(labels):
@@ -171,6 +178,10 @@ def _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    captured: list[torch.Tensor] = []
+    handle = None
+    if capture is not None:
+        handle = capture[0].register_forward_hook(lambda m, i, o: captured.append(o.detach().flatten(1).float().cpu()))
     try:
         with Gradient(model=model, composite=comp) as attributor, progress(total=len(images), desc=desc, unit="img") as bar:
             for s, x in batches:
@@ -181,10 +192,15 @@ def _lrp_heatmaps(model, images, labels, normalizer, batch_size, composite, desc
                         raise DataError(f"label {int(y.max())} but the model has only {logits.shape[1]} outputs")
                     return logits * nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
 
+                captured.clear()
                 _, rel = attributor(x.detach().requires_grad_(True), start)
                 out[s : s + len(x)] = rel.sum(1).detach().float().cpu().numpy()
+                if capture is not None:
+                    capture[1][s : s + len(x)] = captured[-1].numpy()
                 bar.update(len(x))
     finally:
+        if handle is not None:
+            handle.remove()
         for p in frozen:
             p.requires_grad_(True)
     return out
@@ -227,8 +243,14 @@ def lrp_cache_path(model, images, labels, normalizer, cache_dir, precision: str 
 
 
 def lrp_cache_file(model, images, labels, normalizer, cache_dir, batch_size: int | None = None,
-                   precision: str = "float32", rule: str = "epsilon-gamma-box", desc: str = "LRP") -> Path:  # fmt: skip
+                   precision: str = "float32", rule: str = "epsilon-gamma-box", desc: str = "LRP",
+                   activations_layer: str | None | bool = False) -> Path:  # fmt: skip
     """The ``.npy`` of :func:`lrp_heatmaps` in ``cache_dir``, computed first where it is missing.
+
+    ``activations_layer`` (a layer name, or None for the model's default hidden layer; False: none):
+    where the heatmaps are computed with the paper's rule, that layer's activations are kept from
+    the same forward pass in their own cache (:func:`~poisonsift.explain.activations_cache_file`
+    finds them there), unless they are cached already.
 
     The key covers the model's weights, the images, the labels, the normaliser, the LRP rule and
     precision. The heatmaps are written batch by batch into a memory map, so a training set of any
@@ -237,10 +259,26 @@ def lrp_cache_file(model, images, labels, normalizer, cache_dir, batch_size: int
     from poisonsift.utils import atomic_npy_memmap
 
     path = lrp_cache_path(model, images, labels, normalizer, cache_dir, precision, rule)
-    if not path.is_file():
-        with atomic_npy_memmap(path, (len(images), *images.shape[1:3])) as out:
+    if path.is_file():
+        return path
+    act = None
+    if activations_layer is not False and resolve_lrp_rule(rule, model) == "paper":
+        # the paper's rule runs the network's own forward pass (BatchNorm passed, nothing folded): the
+        # layer's outputs there are the activations, to the bit, so one pass gives both caches
+        act = activations_cache_path(model, images, labels, normalizer, cache_dir, activations_layer)
+        act = None if act.is_file() else act
+    with atomic_npy_memmap(path, (len(images), *images.shape[1:3])) as out:
+        if act is None:
             lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision, rule=rule, out=out,
                          desc=desc)  # fmt: skip
+        else:
+            from poisonsift.models import default_hidden_layer
+
+            module = resolve_layer(model, activations_layer or default_hidden_layer(model))
+            width = layer_width(model, images, normalizer, activations_layer)
+            with atomic_npy_memmap(act, (len(images), width)) as feats:
+                lrp_heatmaps(model, images, labels, normalizer, batch_size, precision=precision, rule=rule, out=out,
+                             desc=desc, capture=(module, feats))  # fmt: skip
     return path
 
 
