@@ -247,14 +247,15 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     if args.plan:
         pl = plan(args.table, data=args.data, preset=args.preset, repeats=args.repeats, cache=args.cache, train=train,
                   ps=args.p)  # fmt: skip
-        lines = [f"{'run':<16} {'tables':<10} {'attack':<16} {'p':>5} {'s':>2} {'amp':>4} {'seed':>4} {'epochs':>6}  to do"]
-        lines += [f"{e['key']:<16} {','.join(e['tables']):<10} {e['attack']:<16} {e['p']:>5.2f} {e['size']:>2} "
+        lines = [f"{'run':<16} {'tables':<10} {'attack':<20} {'p':>6} {'s':>2} {'amp':>4} {'seed':>4} {'epochs':>6}  to do"]
+        lines += [f"{e['key']:<16} {','.join(e['tables']):<10} {e['label']:<20} {e['p']:>6.3f} {e['size']:>2} "
                   f"{e['amp']:>4} {e['seed']:>4} {e['epochs']:>6}  {'-' if e['status'] == 'cached' else e['status']}"
                   for e in pl["runs"]]  # fmt: skip
         c = pl["to_compute"]
+        scans = f", {c['scans']} scans ({c['retrainings']} with a retraining)" if c["scans"] else ""
         lines.append(f"to compute: {c['surrogates']} surrogates, {c['trainings']} trainings ({c['training_epochs']} "
                      f"epochs), {c['evaluations']} evaluations, {c['detections']} of {c['detections_total']} "
-                     f"detections (cache {pl['cache']})")  # fmt: skip
+                     f"detections{scans} (cache {pl['cache']})")  # fmt: skip
         emit(args, pl, "\n".join(lines))
         return
     res = reproduce(

@@ -236,7 +236,7 @@ def plan(
         status = next((step for step, f in (("poison", "attack.json"), ("train", "train.json"),
                                             ("evaluate", "metrics.json")) if not (folder / f).exists()), "cached")  # fmt: skip
         a = rs.attack
-        entries.append({"key": key, "attack": a.kind, "p": a.p, "size": a.size, "amp": a.amp, "seed": rs.seed,
+        entries.append({"key": key, "attack": a.kind, "label": a.label, "p": a.p, "size": a.size, "amp": a.amp, "seed": rs.seed,
                         "epochs": rs.train_config().epochs, "tables": in_tables.get(key, ["floor"]),
                         "status": status})  # fmt: skip
     surs = []
