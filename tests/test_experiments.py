@@ -408,7 +408,7 @@ def test_detections_save_their_arrays(tmp_path, tiny_npz):
 
 def test_attacks_table_scans_retrains_and_reads_the_floor(tmp_path, tiny_npz):
     """The attacks table on tiny data: a source -> target and an all-to-one row, each detected, scanned
-    (HC and AC), cleaned and retrained; one unpoisoned model gives both rows' floors."""
+    (the default scan), cleaned and retrained; one unpoisoned model gives both rows' floors."""
     from poisonsift.experiments.specs import attacks_table
 
     rows = [("standard", 0.33, {}), ("blended", 0.05, {"source_class": "all", "target_class": 5})]
@@ -428,7 +428,7 @@ def test_attacks_table_scans_retrains_and_reads_the_floor(tmp_path, tiny_npz):
         scan = json.loads(next((run / "scans").glob("*/scan.json")).read_text())
         rec = json.loads(next((run / "scans").glob("*/row.json")).read_text())
         order = [c["class"] for c in scan["classes"]]
-        assert row["ours"]["scan rank"] == order.index(5) + 1 and scan["method"] == "auto"
+        assert row["ours"]["scan rank"] == order.index(5) + 1 and scan["method"] == "hc"  # the default scan
         assert row["ours"]["whole TPR"] == pytest.approx(100 * scan["tpr"]) and rec["whole_tnr"] == scan["tnr"]
         cleaned = json.loads((run / "scans" / rec_dir(run) / "clean" / "metrics.json").read_text())
         assert row["ours"]["ASR after"] == pytest.approx(100 * cleaned["asr"])

@@ -30,7 +30,7 @@ import numpy as np
 
 from poisonsift.attacks.base import control
 from poisonsift.data import IMAGE_SIZE, prepare
-from poisonsift.defences import AUTO, DetectSpec
+from poisonsift.defences import DetectSpec
 from poisonsift.errors import ConfigError, DataError
 from poisonsift.runs import load_poisoned, read_json, save_poisoned, train_run
 from poisonsift.scan import HC_DEFAULT_RULE, SCAN_AC_REDUCE, scan_run
@@ -49,12 +49,12 @@ class AuditConfig:
     """Everything an audit does, built once at the edge (CLI) and passed down whole.
 
     ``train``: the audit model's training config (``cpu`` preset by default); ``spec``: the scan's
-    defences (the scan default: HC and AC side by side); ``size``: the side images are resized to; ``write_clean``:
+    defence (the scan default: HC); ``size``: the side images are resized to; ``write_clean``:
     where to write the tree without the flagged files (inside ``out``), or None.
     """
 
     train: TrainConfig = field(default_factory=lambda: get_preset("cpu"))
-    spec: DetectSpec = field(default_factory=lambda: DetectSpec(AUTO, rule=HC_DEFAULT_RULE, ac_reduce=SCAN_AC_REDUCE))
+    spec: DetectSpec = field(default_factory=lambda: DetectSpec("hc", rule=HC_DEFAULT_RULE, ac_reduce=SCAN_AC_REDUCE))
     size: int = IMAGE_SIZE
     write_clean: Path | None = None
     jobs: int = 1

@@ -41,8 +41,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     hc_spec = detect_spec(args, "hc", subset=args.hc_subset)
     sc = None
     if not args.no_scan:  # first, so that the detection below reads the target class's heatmaps from it
-        say(f"[5/{steps}] scan: HC and AC on every class (the default scan), no class given")
-        sc = scan_run(out, detect_spec(args, "auto", ac_reduce=SCAN_AC_REDUCE))  # as `poisonsift scan`
+        say(f"[5/{steps}] scan: HC on every class, no class given")
+        sc = scan_run(out, detect_spec(args, "hc", ac_reduce=SCAN_AC_REDUCE))  # as `poisonsift scan`
         report = write_scan_report(out)
     say(f"[{6 if sc else 5}/{steps}] detection on the target class: AC, and HC (fast engine, "
         f"{hc_spec.for_arch(args.arch).lrp_rule} LRP rule in {hc_spec.lrp_precision}) on {scope}")  # fmt: skip

@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         """scan's and audit's --method and AC's --layer."""
         from poisonsift.scan import SCAN_METHODS
 
-        sp.add_argument("--method", default="auto", choices=SCAN_METHODS,
-                        help="defence run on each class: auto (default: HC and AC side by side, a class suspicious "
-                             "where either calls it, the flags of the clearer split), hc or ac alone")  # fmt: skip
+        sp.add_argument("--method", default="hc", choices=SCAN_METHODS,
+                        help="defence run on each class: hc (default), ac, or auto: HC and AC side by side, a class "
+                             "called by HC or by AC where HC's class test fires too, the flags of the clearer split "
+                             "(measured: it added a clean class on a blended run; docs/attacks.md)")  # fmt: skip
         sp.add_argument("--layer", default=None, help="ac, auto: AC's hidden layer (default: the network's, relu_fc2 on "
                                                       "small-inception)")  # fmt: skip
 

@@ -325,7 +325,7 @@ def attacks_table(preset: str = "cpu", train: dict[str, Any] | None = None,
     """poisonsift's own table (no paper values): each attack of :data:`ATTACK_ROWS` (or ``rows``)
     learned, detected on its attacked class by AC, SS and HC, scanned without the class being
     given (the scan's defaults, then ``clean --retrain``), beside the floor."""
-    from poisonsift.defences import AUTO, HC_DEFAULT_RULE
+    from poisonsift.defences import HC_DEFAULT_RULE
     from poisonsift.scan import SCAN_AC_REDUCE
 
     train = dict(train or {})
@@ -341,7 +341,7 @@ def attacks_table(preset: str = "cpu", train: dict[str, Any] | None = None,
     cols += [Column("scan rank", "scan", "rank", percent=False), Column("whole TPR", "scan", "whole_tpr"),
              Column("whole TNR", "scan", "whole_tnr"), Column("ASR after", "scan", "asr_after"),
              Column("floor", "floor", "asr")]  # fmt: skip
-    scan = DetectSpec(AUTO, rule=HC_DEFAULT_RULE, ac_reduce=SCAN_AC_REDUCE)
+    scan = DetectSpec("hc", rule=HC_DEFAULT_RULE, ac_reduce=SCAN_AC_REDUCE)  # the default scan
     return TableSpec("attacks", "Attacks beyond the paper: learned, detected on the attacked class, scanned, "
                      "cleaned and retrained, beside the floor", "attack", out, cols, det, scan=scan, retrain=True)  # fmt: skip
 
