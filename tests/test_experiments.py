@@ -447,3 +447,24 @@ def test_attacks_table_scans_retrains_and_reads_the_floor(tmp_path, tiny_npz):
 
 def rec_dir(run):
     return next((run / "scans").iterdir()).name
+
+
+def test_attacks_table_rows_by_name(capsys, tiny_npz, tmp_path):
+    """``--rows`` picks rows of the attacks table by name, in the table's order, for one sitting."""
+    names = [ex.specs.attack_row_name(k, prm) for k, _, prm in ex.specs.ATTACK_ROWS]
+    assert names == ["standard", "blended", "standard-all-to-one", "blended-all-to-one", "sig", "wanet",
+                     "adaptive-blend"]  # fmt: skip
+    t = ex.build_table("attacks", rows=["sig", "blended-all-to-one"])
+    assert [r.label["attack"] for r in t.rows] == ["blended all-to-one", "sig"]
+    assert [r.runs[0].key("f") for r in t.rows] == [r.runs[0].key("f") for r in ex.build_table("attacks").rows[3:5]]
+    with pytest.raises(ConfigError, match="unknown attacks-table row blendd; choose from standard, blended"):
+        ex.build_table("attacks", rows=["blendd"])
+    with pytest.raises(ConfigError, match="only in the attacks table"):
+        ex.build_table("1", rows=["sig"])
+    assert main(["reproduce", "--table", "attacks", "--rows", "wanet", "--data", tiny_npz, "--cache",
+                 str(tmp_path / "c"), "--plan", "--json"]) == 0  # fmt: skip
+    pl = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in pl["runs"]] == ["wanet", "standard"]  # the row and the floor's unpoisoned run
+    assert main(["reproduce", "--table", "1", "--rows", "sig", "--data", tiny_npz, "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: rows are chosen by name only in the attacks table") and "Traceback" not in err

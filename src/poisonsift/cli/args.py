@@ -83,6 +83,13 @@ def tables_arg(text: str) -> list[str]:
     return names
 
 
+def names_arg(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected names joined by commas (e.g. blended,sig), got {text!r}")
+    return names
+
+
 def shares_arg(text: str) -> list[float]:
     try:
         ps = [float(t) for t in text.split(",") if t.strip()]

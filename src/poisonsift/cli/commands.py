@@ -246,7 +246,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     train = {k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v and v != "small-inception"} or None
     if args.plan:
         pl = plan(args.table, data=args.data, preset=args.preset, repeats=args.repeats, cache=args.cache, train=train,
-                  ps=args.p)  # fmt: skip
+                  ps=args.p, rows=args.rows)  # fmt: skip
         lines = [f"{'run':<16} {'tables':<10} {'attack':<20} {'p':>6} {'s':>2} {'amp':>4} {'seed':>4} {'epochs':>6}  to do"]
         lines += [f"{e['key']:<16} {','.join(e['tables']):<10} {e['label']:<20} {e['p']:>6.3f} {e['size']:>2} "
                   f"{e['amp']:>4} {e['seed']:>4} {e['epochs']:>6}  {'-' if e['status'] == 'cached' else e['status']}"
@@ -261,7 +261,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     res = reproduce(
         args.table, data=args.data, preset=args.preset, repeats=args.repeats, out=args.out, cache=args.cache,
         executor=args.executor, ray_address=args.ray_address, jobs=args.jobs, force=args.force, threads=args.threads,
-        train=train, ps=args.p,
+        train=train, ps=args.p, rows=args.rows,
     )  # fmt: skip
     lines = [f"Table {t['name']}: {t['title']}\n{table_markdown(t)}\n" for t in res["tables"].values()]
     c = res["computed"]

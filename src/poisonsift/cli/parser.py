@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, positive_int, shares_arg,
+from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, names_arg, positive_int, shares_arg,
                                  ratio_arg, source_class_arg, tables_arg)  # fmt: skip
 from poisonsift.cli.commands import (cmd_clean, cmd_data_prepare, cmd_detect, cmd_evaluate, cmd_poison,
                                      cmd_report, cmd_reproduce, cmd_scan, cmd_train)  # fmt: skip
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the preset's epochs for every training (a quicker, smaller reproduction)")
     rp.add_argument("--p", type=shares_arg, default=None, metavar="P[,P...]",
                     help="tables 1, 2, 5: only these poison shares (fractions, e.g. 0.05,0.02) instead of the paper's")
+    rp.add_argument("--rows", type=names_arg, default=None, metavar="NAME[,NAME...]",
+                    help="table attacks: only these rows, one sitting at a time (merge sittings with report --merge): "
+                         "standard, blended, standard-all-to-one, blended-all-to-one, sig, wanet, adaptive-blend")
     add_arch(rp)
     rp.add_argument("--data", default=None, help="data (default: $POISONSIFT_GTSRB or the cache)")
     rp.add_argument("--out", default="runs/reproduce", help="where results.json and the report go")

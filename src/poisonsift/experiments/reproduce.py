@@ -12,6 +12,7 @@ import numpy as np
 
 from poisonsift import __version__
 from poisonsift.defences.spec import DetectSpec
+from poisonsift.errors import ConfigError
 from poisonsift.executors import make_executor
 from poisonsift.experiments.specs import PAPER_TABLES, Column, Row, RunSpec, TableSpec, build_table, paper_values
 from poisonsift.experiments.units import execute_detection, execute_training
@@ -136,11 +137,14 @@ def _total(seconds: Any) -> float:
     return float(seconds or 0.0)
 
 
-def _table_specs(tables, preset, repeats, train, ps) -> list[TableSpec]:
+def _table_specs(tables, preset, repeats, train, ps, rows=None) -> list[TableSpec]:
     names: list[str | TableSpec] = []
     for t in tables:
         names.extend(PAPER_TABLES if t == "all" else [t])
-    return [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps) for t in names]
+    if rows is not None and "attacks" not in names:
+        raise ConfigError("rows are chosen by name only in the attacks table: add --table attacks or leave out --rows")
+    return [t if isinstance(t, TableSpec) else build_table(t, preset, repeats, train, ps,
+                                                          rows if t == "attacks" else None) for t in names]  # fmt: skip
 
 
 def _run_units(specs: list[TableSpec], fp: str) -> tuple[dict[str, RunSpec], dict[str, RunSpec]]:
@@ -205,6 +209,7 @@ def plan(
     cache: str | Path | None = None,
     train: dict[str, Any] | None = None,
     ps: Sequence[float] | None = None,
+    rows: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What :func:`reproduce` with the same arguments would find in the cache and what it would
     compute, without computing or writing anything.
@@ -219,7 +224,7 @@ def plan(
     from poisonsift.experiments.units import _stored_spec, run_dir
     from poisonsift.runs import read_json, surrogate_path
 
-    specs = _table_specs(tables, preset, repeats, train, ps)
+    specs = _table_specs(tables, preset, repeats, train, ps, rows)
     cache = Path(cache) if cache is not None else cache_dir() / "experiments"
     d = resolve_data(data)
     fp = d.fingerprint()
@@ -286,17 +291,20 @@ def reproduce(
     report: bool = True,
     train: dict[str, Any] | None = None,
     ps: Sequence[float] | None = None,
+    rows: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or find in the cache) every unit the tables need and write ``OUT/results.json``
     (and, with ``report``, ``OUT/report.html`` / ``report.md``).
 
     ``tables``: names (``"1"``..``"5"``, ``"fig6"``, ``"sizes"``, ``"all"``) or
     :class:`TableSpec` objects; ``ps``: poison shares (fractions) for the tables with a ``p`` row
-    (1, 2, 5) instead of the paper's, e.g. to run only the rows a cache lacks. ``cache`` defaults
+    (1, 2, 5) instead of the paper's, e.g. to run only the rows a cache lacks; ``rows``: the attacks
+    table's rows by name (:func:`~poisonsift.experiments.specs.attack_row_name`), one sitting
+    at a time, to be merged with ``report --merge``. ``cache`` defaults
     to ``$POISONSIFT_CACHE/experiments``, shared by every output folder. Returns the results dict.
     """
     t0 = time.perf_counter()
-    specs = _table_specs(tables, preset, repeats, train, ps)
+    specs = _table_specs(tables, preset, repeats, train, ps, rows)
     out = Path(out)
     cache = Path(cache) if cache is not None else cache_dir() / "experiments"
     cache.mkdir(parents=True, exist_ok=True)

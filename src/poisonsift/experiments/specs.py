@@ -245,17 +245,20 @@ def cpu_low_rate_epochs(kind: str, p: float) -> int | None:
 
 
 def build_table(name: str, preset: str = "cpu", repeats: int | None = None, train: dict[str, Any] | None = None,
-                ps: Sequence[float] | None = None) -> TableSpec:  # fmt: skip
-    """The spec of one of the paper's tables (``1``-``5``, ``fig6``, ``sizes``).
+                ps: Sequence[float] | None = None, rows: Sequence[str] | None = None) -> TableSpec:  # fmt: skip
+    """The spec of one of the paper's tables (``1``-``5``, ``fig6``, ``sizes``) or of ``attacks``.
 
     ``repeats`` (table 5 only; default 10), ``train`` (preset overrides for every
-    run) and ``ps`` (poison shares instead of the paper's) are for quick or
+    run), ``ps`` (poison shares instead of the paper's) and ``rows`` (the attacks table only:
+    the names of :func:`attack_row_name` to compute, one sitting at a time) are for quick or
     smaller reproductions; the defaults are the paper's.
     """
     name = str(name)
     train = dict(train or {})
     if repeats is not None and repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    if rows is not None and name != "attacks":
+        raise ConfigError(f"rows are chosen by name only in the attacks table, not in table {name}")
 
     def run(kind: str, p: float, seed: int = 0, **kw) -> RunSpec:
         # the longer schedule is the poisoned model's (model_train); the surrogate stays shared
@@ -299,7 +302,7 @@ def build_table(name: str, preset: str = "cpu", repeats: int | None = None, trai
         return TableSpec("sizes", "Standard attack with sticker side s = 1, 2, 3 (p = 33 %)", "s", rows,
                          [Column("ASR", "metrics", "asr"), *cols], det)  # fmt: skip
     if name == "attacks":
-        return attacks_table(preset, train)
+        return attacks_table(preset, train, rows=select_attack_rows(rows) if rows is not None else ATTACK_ROWS)
     raise ConfigError(f"unknown table {name!r}; choose from {', '.join(TABLES)} or all")
 
 
@@ -318,6 +321,23 @@ ATTACK_ROWS: tuple[tuple[str, float, dict[str, Any]], ...] = (
     ("wanet", 0.05, {"target_class": 38, "cross_ratio": 2.0}),
     ("adaptive-blend", 0.003, {"target_class": 38, "cover_rate": 0.003}),
 )
+
+
+def attack_row_name(kind: str, params: dict[str, Any]) -> str:
+    """The name a row of the attacks table is chosen by (``reproduce --rows``): the attack's
+    label with hyphens, e.g. ``blended``, ``blended-all-to-one``, ``adaptive-blend``."""
+    return AttackSpec(kind, 0.0, params=dict(params)).label.replace(" ", "-")
+
+
+def select_attack_rows(names: Sequence[str]) -> tuple[tuple[str, float, dict[str, Any]], ...]:
+    """The rows of :data:`ATTACK_ROWS` named by ``names`` (see :func:`attack_row_name`), in the
+    table's order; an unknown name is a :class:`ConfigError` that lists the known ones."""
+    known = {attack_row_name(k, prm): (k, p, prm) for k, p, prm in ATTACK_ROWS}
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ConfigError(f"unknown attacks-table row {', '.join(bad) or '(none given)'}; choose from "
+                          f"{', '.join(known)}")  # fmt: skip
+    return tuple(r for n, r in known.items() if n in set(names))
 
 
 def attacks_table(preset: str = "cpu", train: dict[str, Any] | None = None,
