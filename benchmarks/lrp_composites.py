@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from heatmap_statistics import positive_share  # this folder's: the window share measured there too
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -48,7 +48,7 @@ from poisonsift.training import load_checkpoint
 VARIANTS = ("paper", "egb", "eplus", "eplus-flat", "ea2b1", "ea2b1-flat", "epsilon")
 
 
-def zennit_composite(name: str, normalizer, device):
+def zennit_composite(name: str):
     """The zennit composite of a variant (None for ``paper`` / ``egb``: HC's own rules)."""
     from zennit import composites as Z
     from zennit.rules import Epsilon
@@ -87,21 +87,13 @@ class Contrast(nn.Module):
         return self.head(self.model(x))
 
 
-def window_share(heatmaps: np.ndarray, window: int = 3) -> np.ndarray:
-    """(N,) largest share of each heatmap's positive relevance in any ``window`` x ``window`` square."""
-    pos = torch.from_numpy(np.asarray(heatmaps, dtype=np.float64)).clamp(min=0)
-    total = pos.flatten(1).sum(1).clamp(min=1e-30)
-    boxes = F.avg_pool2d(pos[:, None], window, stride=1) * window**2
-    return (boxes.flatten(1).max(1).values / total).numpy()
-
-
-def heatmaps_of(variant: str, model, images, labels, norm, device) -> tuple[np.ndarray, float]:
+def heatmaps_of(variant: str, model, images, labels, norm) -> tuple[np.ndarray, float]:
     comp_name, _, output = variant.partition("+")
     if comp_name not in VARIANTS or output not in ("", "contrast"):
         raise SystemExit(f"unknown variant {variant!r}: COMPOSITE[+contrast], COMPOSITE one of {', '.join(VARIANTS)}")
     num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
     net = Contrast(model, num_classes).eval() if output == "contrast" else model
-    comp = zennit_composite(comp_name, norm, device)
+    comp = zennit_composite(comp_name)
     rule = "paper" if comp_name == "paper" else "epsilon-gamma-box"  # HC's own rules where comp is None
     t = time.perf_counter()
     heat = lrp_heatmaps(net, images, labels, norm, composite=comp, rule=rule, desc=variant)
@@ -116,7 +108,7 @@ def evaluate(heat: np.ndarray, truth: np.ndarray) -> dict:
     if truth.any() and not truth.all():
         conc = relevance_concentration(heat)
         out["conc_auroc"] = round(float(roc_auc_score(truth, conc)), 4)
-        out["win3_auroc"] = round(float(roc_auc_score(truth, window_share(heat))), 4)
+        out["win3_auroc"] = round(float(roc_auc_score(truth, positive_share(heat, 3))), 4)
         pos = heat.clip(min=0).reshape(len(heat), -1)
         out["pos_share"] = round(float(pos.sum(1).mean() / np.abs(heat).reshape(len(heat), -1).sum(1).mean()), 3)
     return out
@@ -136,7 +128,6 @@ def main() -> None:
         pd = load_poisoned(run / "poisoned.npz")
         target = int(read_json(run / "attack.json")["target_class"])
         model, norm = load_checkpoint(run / "model.pt")
-        device = next(model.parameters()).device
         counts = np.bincount(pd.y_train, minlength=int(pd.y_train.max()) + 1)
         poisoned_classes = set(np.unique(pd.y_train[pd.poison_mask]).tolist())
         clean = [int(c) for c in np.argsort(-counts) if int(c) not in poisoned_classes and int(c) != target]
@@ -144,7 +135,7 @@ def main() -> None:
             rows_c = np.flatnonzero(pd.y_train == cls)
             truth = pd.poison_mask[rows_c]
             for v in variants:
-                heat, sec = heatmaps_of(v, model, pd.x_train[rows_c], pd.y_train[rows_c], norm, device)
+                heat, sec = heatmaps_of(v, model, pd.x_train[rows_c], pd.y_train[rows_c], norm)
                 r = {"run": str(run), "arch": getattr(model, "arch", None), "class": cls, "n": len(rows_c),
                      "poisoned": int(truth.sum()), "variant": v, "lrp_s": round(sec, 1), **evaluate(heat, truth)}  # fmt: skip
                 rows.append(r)
