@@ -227,6 +227,46 @@ def test_hc_roughness_class_test_finds_speckled_heatmaps():
     assert not clean.suspicious and not clean.analysis["roughness"]["class_test"]
 
 
+def _peaked(heat: np.ndarray, rng, share: float) -> np.ndarray:
+    """The heatmaps with ``share`` of their relevance moved onto a 3 x 3 patch at a random place:
+    a local trigger read by a network whose relevance stays on the sign too (a residual one)."""
+    out = heat * (1 - share)
+    for h in out:
+        y, x = rng.integers(2, 27, size=2)
+        h[y : y + 3, x : x + 3] += share * heat.sum((1, 2)).mean() / 9
+    return out
+
+
+def test_hc_peak_class_test_finds_a_local_peak_on_spread_heatmaps():
+    from poisonsift.defences import ClusterRule, HCConfig, HeatmapClustering
+    from poisonsift.explain import relevance_concentration, relevance_peak
+
+    rng = np.random.default_rng(1)
+    clean = _blob_heatmaps(160, rng, False)
+    heat = np.concatenate([clean, _peaked(_blob_heatmaps(40, rng, False), rng, 0.15)])
+    truth = np.r_[np.zeros(160, bool), np.ones(40, bool)]
+    c = relevance_concentration(heat)
+    assert np.median(c[truth]) - np.median(c[~truth]) < np.log(1.5)  # the whole-image entropy barely moves
+    p3 = relevance_peak(heat, 3)
+    assert p3[truth].min() > p3[~truth].max()  # the 3 x 3 window sees every one
+    cfg = dict(rule=ClusterRule("mixture-tail"), view_samples=0)
+    res = HeatmapClustering(HCConfig(**cfg, peak_ratio=2.0)).cluster(heat)
+    assert res.suspicious and res.analysis["class_test"] == "peak"
+    pk = res.analysis["peak"]
+    assert pk["class_test"] and pk["peak_gain"] >= np.log(2) and pk["window"] in (2, 3, 4)
+    assert res.is_poisoned[truth].mean() >= 0.95 and res.is_poisoned[~truth].mean() <= 0.02
+    assert np.array_equal(res.scores, relevance_peak(heat, pk["window"]))
+    for off in (None, "auto"):  # off; auto with no network known keeps the paper's setting
+        res_off = HeatmapClustering(HCConfig(**cfg, peak_ratio=off)).cluster(heat)
+        assert res_off.analysis.get("class_test") != "peak" and "peak" not in res_off.analysis
+    alone = HeatmapClustering(HCConfig(**cfg, peak_ratio=2.0)).cluster(clean)  # the clean class alone: no peak mode
+    assert not alone.analysis["peak"]["class_test"] and alone.analysis.get("class_test") != "peak"
+    with pytest.raises(ConfigError, match="peak_ratio must be > 1"):
+        HCConfig(peak_ratio=1.0)
+    with pytest.raises(ConfigError, match="peak_ratio must be > 1, 'auto'"):
+        HCConfig(peak_ratio="on")
+
+
 def test_roughness_is_log_laplacian_share():
     from poisonsift.explain import relevance_roughness
 

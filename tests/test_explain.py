@@ -54,6 +54,26 @@ def test_relevance_concentration_is_minus_the_log_effective_pixel_count():
         relevance_concentration(bad)
 
 
+def test_relevance_peak_is_the_best_window_share_of_positive_relevance():
+    import torch.nn.functional as F
+
+    from poisonsift.explain import relevance_peak
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(6, 12, 10))
+    pos = torch.from_numpy(h).clamp(min=0)
+    for w in (1, 3, 5):  # against torch's box filter (sum pooling, stride 1)
+        ref = (F.avg_pool2d(pos[:, None], w, stride=1) * w * w).flatten(1).max(1).values / pos.flatten(1).sum(1)
+        assert np.allclose(relevance_peak(h, w), np.log(np.maximum(ref.numpy(), w * w / 120)))
+    sticker = np.full((1, 12, 10), 0.01)
+    sticker[0, 4:7, 2:5] = 1.0  # a 3 x 3 peak, negative relevance elsewhere does not count
+    sticker[0, 0, :] = -5.0
+    assert np.exp(relevance_peak(sticker, 3)[0]) == pytest.approx(9 / (9 + 0.01 * 101))
+    assert np.allclose(relevance_peak(np.zeros((2, 12, 10)), 3), np.log(9 / 120))  # floored at a uniform map's
+    with pytest.raises(DataError, match="window must be 1..10"):
+        relevance_peak(h, 11)
+
+
 def _bias_free_net():
     torch.manual_seed(0)
     return nn.Sequential(

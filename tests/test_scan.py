@@ -191,8 +191,9 @@ def test_sample_score_follows_the_rule_and_keys_the_detection():
 def test_concentration_class_test_finds_a_small_concentrated_group():
     """2 % of a class with a trigger-like spot: the concentration's own class test calls the class
     (whatever the GW split does with so small a group), flags the group and nothing else; with
-    ``focus_ratio`` None the narrower spots are also rougher, so the roughness test calls it; with
-    both None only the GW class test is left."""
+    ``focus_ratio`` None the local-peak test calls it (where it is on: ``auto`` on heatmaps alone keeps it
+    off); without it the narrower spots are also rougher, so the roughness test does; with all three off
+    only the GW class test is left."""
     from poisonsift.defences import DetectSpec, build_defence
 
     rng = np.random.default_rng(1)
@@ -203,10 +204,12 @@ def test_concentration_class_test_finds_a_small_concentrated_group():
     assert res.suspicious and cm["class_test"] and cm["focus_gain"] >= np.log(2)
     assert res.analysis["class_test"] == "concentration" and not res.analysis["mixture"]["suspicious"]  # GW: no
     assert res.is_poisoned[490:].all() and not res.is_poisoned[:490].any()
-    rough = build_defence(dataclasses.replace(spec, focus_ratio=None)).cluster(heat)
+    peak = build_defence(dataclasses.replace(spec, focus_ratio=None, peak_ratio=2.0)).cluster(heat)
+    assert peak.analysis["class_test"] == "peak" and peak.is_poisoned[490:].all() and not peak.is_poisoned[:490].any()
+    rough = build_defence(dataclasses.replace(spec, focus_ratio=None, peak_ratio=None)).cluster(heat)
     assert rough.analysis["class_test"] == "roughness" and rough.is_poisoned[490:].all()
-    off = build_defence(dataclasses.replace(spec, focus_ratio=None, rough_ratio=None)).cluster(heat)
-    assert off.analysis.get("class_test") not in ("concentration", "roughness")
+    off = build_defence(dataclasses.replace(spec, focus_ratio=None, rough_ratio=None, peak_ratio=None)).cluster(heat)
+    assert off.analysis.get("class_test") not in ("concentration", "peak", "roughness")
     assert off.suspicious is (off.analysis["mixture"]["suspicious"] and off.analysis["mixture"]["concentrated"])
 
 
@@ -238,6 +241,12 @@ def test_focus_ratio_option_and_key(capsys):
     assert "--focus-ratio must be > 1" in capsys.readouterr().err
     assert DetectSpec("hc").key() != DetectSpec("hc", focus_ratio=None).key()
     assert DetectSpec("hc", rule="smaller").key() == DetectSpec("hc", rule="smaller", focus_ratio=None).key()
+    assert p.parse_args(["scan", "--run", "r", "--peak-ratio", "0"]).peak_ratio is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["detect", "--run", "r", "--class", "5", "--peak-ratio", "0.5"])
+    assert "--peak-ratio must be > 1" in capsys.readouterr().err
+    assert DetectSpec("hc").key() != DetectSpec("hc", peak_ratio=None).key()
+    assert DetectSpec("ac").key() == DetectSpec("ac", peak_ratio=None).key()
     assert DetectSpec("ac").key() == DetectSpec("ac", focus_ratio=None).key()
     with pytest.raises(ConfigError, match="focus_ratio must be > 1"):
         DetectSpec("hc", focus_ratio=0.5)
@@ -349,3 +358,25 @@ def test_auto_needs_hc_to_back_an_ac_call():
     assert decide_class(recs(True, True, 3.0, True, 6.0)) == (["hc", "ac"], "ac")  # both: the clearer split
     assert decide_class(recs(False, False, 1.0, False, 9.0)) == ([], "hc")
     assert decide_class({"ac": {"suspicious": True, "class_test": True, "decided_separation": 3.0}}) == (["ac"], "ac")
+
+
+def test_peak_ratio_auto_follows_the_network():
+    """``auto``: off on the paper's SmallInception (its tables keep their numbers), 2 on every other
+    network; a named ratio or None stays; a model not built by build_model counts by its class."""
+    from torch import nn
+
+    from poisonsift.defences import DetectSpec
+    from poisonsift.defences.heatmap import PEAK_RATIO, resolve_peak_ratio
+    from poisonsift.models import SmallInception
+
+    spec = DetectSpec("hc")
+    assert spec.peak_ratio == "auto"
+    assert spec.for_arch("small-inception").peak_ratio is None
+    assert spec.for_arch("preact-resnet18").peak_ratio == PEAK_RATIO == 2.0
+    assert spec.for_arch("torchvision:resnet18").peak_ratio == 2.0
+    assert DetectSpec("hc", peak_ratio=3.0).for_arch("small-inception").peak_ratio == 3.0
+    assert DetectSpec("hc", peak_ratio=None).for_arch("resnet20").peak_ratio is None
+    assert spec.for_model(SmallInception(num_classes=4)).peak_ratio is None
+    assert resolve_peak_ratio("auto", nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) == 2.0
+    # resolved on SmallInception, the key is the one from before the test existed
+    assert spec.for_arch("small-inception").key() == DetectSpec("hc", lrp_rule="paper", peak_ratio=None).key()

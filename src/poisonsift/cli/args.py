@@ -73,6 +73,11 @@ def ratio_arg(flag: str):
 focus_ratio_arg = ratio_arg("--focus-ratio")
 
 
+def peak_ratio_arg(text: str) -> float | str | None:
+    """``--peak-ratio``: ``auto`` (by the network), a ratio > 1, or 0 (off)."""
+    return "auto" if text.strip().lower() == "auto" else ratio_arg("--peak-ratio")(text)
+
+
 def tables_arg(text: str) -> list[str]:
     from poisonsift.experiments import TABLES
 

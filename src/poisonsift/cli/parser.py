@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, names_arg, positive_int, shares_arg,
+from poisonsift.cli.args import (class_arg, focus_ratio_arg, nonnegative_int, names_arg, peak_ratio_arg, positive_int, shares_arg,
                                  ratio_arg, source_class_arg, tables_arg)  # fmt: skip
 from poisonsift.cli.commands import (cmd_clean, cmd_data_prepare, cmd_detect, cmd_evaluate, cmd_poison,
                                      cmd_report, cmd_reproduce, cmd_scan, cmd_train)  # fmt: skip
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "its heatmaps is at least R times rougher (pixel-to-pixel detail, as a blended noise "
                              "trigger's relevance) than the rest; its images are flagged by that mode (default 2; "
                              "0: off)")
+        sp.add_argument("--peak-ratio", type=peak_ratio_arg, default="auto",
+                        help="hc with the concentration sample score: a class is also suspicious where a mode of "
+                             "its heatmaps holds at least R times the share of relevance in its best window (2 to 8 "
+                             "pixels a side, the scale read from the class) that the rest hold - a local trigger on "
+                             "a network whose relevance stays spread over the sign too, as residual networks'; its "
+                             "images are flagged on that window's share. Default auto: off on small-inception (the "
+                             "paper's setting), 2 on every other network; 0: off")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")

@@ -17,7 +17,7 @@ One module per concept:
 
 from poisonsift.explain.activations import activations, activations_cache_file, resolve_layer
 from poisonsift.explain.clouds import (PointCloud, point_cloud, point_clouds, pool_heatmaps, relevance_concentration,
-                                     relevance_roughness)  # fmt: skip
+                                     relevance_peak, relevance_roughness)  # fmt: skip
 from poisonsift.explain.epsilon_gamma_box import LRP_PRECISIONS, fast_gamma_rule, lrp_dtype, nonnegative_input_convs
 from poisonsift.explain.lrp import (
     LRP_CONFIG,
@@ -55,6 +55,7 @@ __all__ = [
     "PointCloud",
     "point_cloud",
     "relevance_concentration",
+    "relevance_peak",
     "relevance_roughness",
     "point_clouds",
     "pool_heatmaps",

@@ -140,6 +140,34 @@ def relevance_roughness(heatmaps: np.ndarray) -> np.ndarray:
     return np.log(np.abs(lap).sum((1, 2)) / np.where(total > 0, total, 1.0) + 1e-12)
 
 
+def relevance_peak(heatmaps: np.ndarray, window: int) -> np.ndarray:
+    """How much of each heatmap's positive relevance one ``window`` x ``window`` square holds:
+    ``log`` of the largest such share, (N,) float64 (nats, <= 0).
+
+    A local trigger draws a backdoored model's relevance onto its few pixels; on a residual network
+    the rest of the map stays spread over the sign, so the whole-image entropy
+    (:func:`relevance_concentration`) hides the peak that this share shows (measured on real GTSRB,
+    PreAct-ResNet-18, class 5 of the standard attack: AUROC 0.999 at w = 3 against 0.922 for the
+    concentration; docs/networks.md). The share is floored at a uniform map's, ``w^2 / (H W)``,
+    which is also what a map with no positive relevance scores.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3:
+        raise DataError(f"heatmaps must be 3-D (N, H, W), got shape {h.shape}")
+    n, H, W = h.shape
+    if not 1 <= window <= min(H, W):
+        raise DataError(f"window must be 1..{min(H, W)} pixels for {H} x {W} heatmaps, got {window}")
+    pos = np.clip(h, 0, None)
+    # box sums of every window from the integral image (a zero row and column in front)
+    ii = np.zeros((n, H + 1, W + 1))
+    ii[:, 1:, 1:] = pos.cumsum(1).cumsum(2)
+    w = window
+    boxes = ii[:, w:, w:] - ii[:, :-w, w:] - ii[:, w:, :-w] + ii[:, :-w, :-w]
+    total = pos.sum((1, 2))
+    share = np.where(total > 0, boxes.reshape(n, -1).max(1) / np.where(total > 0, total, 1.0), 0.0)
+    return np.log(np.maximum(share, w * w / (H * W)))
+
+
 class _BadHeatmap(Exception):
     """(index in the chunk, reason): :func:`point_clouds` turns it into one DataError."""
 
