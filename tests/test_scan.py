@@ -244,7 +244,7 @@ def test_focus_ratio_option_and_key(capsys):
     assert p.parse_args(["scan", "--run", "r", "--peak-ratio", "0"]).peak_ratio is None
     with pytest.raises(SystemExit):
         p.parse_args(["detect", "--run", "r", "--class", "5", "--peak-ratio", "0.5"])
-    assert "--peak-ratio must be > 1" in capsys.readouterr().err
+    assert "--peak-ratio must be > 1, auto (by the network) or 0 (off)" in capsys.readouterr().err
     assert DetectSpec("hc").key() != DetectSpec("hc", peak_ratio=None).key()
     assert DetectSpec("ac").key() == DetectSpec("ac", peak_ratio=None).key()
     assert DetectSpec("ac").key() == DetectSpec("ac", focus_ratio=None).key()

@@ -75,7 +75,12 @@ focus_ratio_arg = ratio_arg("--focus-ratio")
 
 def peak_ratio_arg(text: str) -> float | str | None:
     """``--peak-ratio``: ``auto`` (by the network), a ratio > 1, or 0 (off)."""
-    return "auto" if text.strip().lower() == "auto" else ratio_arg("--peak-ratio")(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return ratio_arg("--peak-ratio")(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--peak-ratio must be > 1, auto (by the network) or 0 (off), got {text!r}") from None
 
 
 def tables_arg(text: str) -> list[str]:
