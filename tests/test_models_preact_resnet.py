@@ -173,7 +173,8 @@ def test_auto_lrp_rule_follows_the_architecture():
     assert resolve_lrp_rule("auto", SmallInception(5)) == "paper" and resolve_lrp_rule("auto", VGG16BN(5)) == "epsilon-gamma-box"
     assert resolve_lrp_rule("paper", VGG16BN(5)) == "paper"  # a named rule is kept
     spec = DetectSpec("hc")
-    assert spec.lrp_rule == "auto" and spec.for_arch("small-inception").key() == DetectSpec("hc", lrp_rule="paper").key()
+    paper = DetectSpec("hc", lrp_rule="paper", peak_ratio=None, gw_alone=True)  # the paper's settings, named
+    assert spec.lrp_rule == "auto" and spec.for_arch("small-inception").key() == paper.key()
     assert spec.for_arch("preact-resnet18").lrp_rule == "epsilon-gamma-box"
     assert spec.key() not in (spec.for_arch("small-inception").key(), spec.for_arch("vgg16-bn").key())
     with pytest.raises(ConfigError, match="unknown LRP rule 'z'; use one of paper, epsilon-gamma-box, auto"):

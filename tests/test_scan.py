@@ -173,6 +173,14 @@ def test_hc_calls_only_a_concentrated_minority_poison(minority_width, peak, expe
         assert not res.is_poisoned.any() and "one-sided" in mt["reason"]
         two = build_defence(dataclasses.replace(spec, one_sided=False)).cluster(heat)
         assert two.suspicious and two.is_poisoned[170:].mean() >= 0.9
+        # a GW split no effect-size test backs: not a call where gw_alone is off (auto on a residual
+        # network); the paper's flags-by-cluster (sample score gw) are left alone
+        unbacked = build_defence(dataclasses.replace(spec, one_sided=False, gw_alone=False)).cluster(heat)
+        if sample_score == "concentration":
+            assert two.analysis["class_test"] == "gw" and unbacked.analysis["gw_unbacked"]
+            assert not unbacked.suspicious and not unbacked.is_poisoned.any() and unbacked.poisoned_clusters == []
+        else:
+            assert unbacked.suspicious and np.array_equal(unbacked.is_poisoned, two.is_poisoned)
 
 
 def test_sample_score_follows_the_rule_and_keys_the_detection():
@@ -360,23 +368,33 @@ def test_auto_needs_hc_to_back_an_ac_call():
     assert decide_class({"ac": {"suspicious": True, "class_test": True, "decided_separation": 3.0}}) == (["ac"], "ac")
 
 
-def test_peak_ratio_auto_follows_the_network():
-    """``auto``: off on the paper's SmallInception (its tables keep their numbers), 2 on every other
-    network; a named ratio or None stays; a model not built by build_model counts by its class."""
+def test_network_dependent_hc_settings_follow_the_network():
+    """``auto``: the paper's setting on SmallInception (no peak test, the GW class test calls alone:
+    its tables keep their numbers), the peak test at 2 and backed GW calls on every other network;
+    a named value stays; a model not built by build_model counts by its class."""
     from torch import nn
 
     from poisonsift.defences import DetectSpec
-    from poisonsift.defences.heatmap import PEAK_RATIO, resolve_peak_ratio
+    from poisonsift.defences.heatmap import PEAK_RATIO, model_arch
     from poisonsift.models import SmallInception
 
     spec = DetectSpec("hc")
-    assert spec.peak_ratio == "auto"
-    assert spec.for_arch("small-inception").peak_ratio is None
-    assert spec.for_arch("preact-resnet18").peak_ratio == PEAK_RATIO == 2.0
-    assert spec.for_arch("torchvision:resnet18").peak_ratio == 2.0
-    assert DetectSpec("hc", peak_ratio=3.0).for_arch("small-inception").peak_ratio == 3.0
+    assert spec.peak_ratio == "auto" and spec.gw_alone == "auto"
+    si = spec.for_arch("small-inception")
+    assert si.peak_ratio is None and si.gw_alone is True and si.lrp_rule == "paper"
+    for arch in ("preact-resnet18", "torchvision:resnet18"):
+        other = spec.for_arch(arch)
+        assert other.peak_ratio == PEAK_RATIO == 2.0 and other.gw_alone is False
+    assert DetectSpec("hc", peak_ratio=3.0, gw_alone=True).for_arch("resnet20").peak_ratio == 3.0
     assert DetectSpec("hc", peak_ratio=None).for_arch("resnet20").peak_ratio is None
     assert spec.for_model(SmallInception(num_classes=4)).peak_ratio is None
-    assert resolve_peak_ratio("auto", nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) == 2.0
-    # resolved on SmallInception, the key is the one from before the test existed
-    assert spec.for_arch("small-inception").key() == DetectSpec("hc", lrp_rule="paper", peak_ratio=None).key()
+    assert model_arch(nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) == "other"
+    # resolved on SmallInception, the key is the one from before these settings existed
+    assert si.key() == DetectSpec("hc", lrp_rule="paper", peak_ratio=None, gw_alone=True).key()
+    assert spec.for_arch("resnet20").key() != DetectSpec("hc", lrp_rule="epsilon-gamma-box", gw_alone=True,
+                                                         peak_ratio=2.0).key()  # fmt: skip
+    from poisonsift.cli import build_parser
+
+    assert build_parser().parse_args(["scan", "--run", "r", "--gw-alone", "no"]).gw_alone == "no"
+    with pytest.raises(ConfigError, match="gw_alone must be True, False or 'auto'"):
+        DetectSpec("hc", gw_alone="sometimes")

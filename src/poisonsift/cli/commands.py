@@ -159,7 +159,8 @@ def detect_spec(args: argparse.Namespace, method: str | None = None, **over: Any
                   lrp_rule=args.lrp_rule, decision=decision, grid=args.grid,
                   one_sided=not args.two_sided, sample_score=getattr(args, "sample_score", None),
                   ac_reduce=getattr(args, "ac_reduce", "pca-whiten"), focus_ratio=getattr(args, "focus_ratio", 2.0),
-                  rough_ratio=getattr(args, "rough_ratio", 2.0), peak_ratio=getattr(args, "peak_ratio", "auto"))  # fmt: skip
+                  rough_ratio=getattr(args, "rough_ratio", 2.0), peak_ratio=getattr(args, "peak_ratio", "auto"),
+                  gw_alone={"yes": True, "no": False}.get(getattr(args, "gw_alone", "auto"), "auto"))  # fmt: skip
     fields.update(over)
     return DetectSpec(**fields)
 

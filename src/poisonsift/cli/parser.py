@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "a network whose relevance stays spread over the sign too, as residual networks'; its "
                              "images are flagged on that window's share. Default auto: off on small-inception (the "
                              "paper's setting), 2 on every other network; 0: off")
+        sp.add_argument("--gw-alone", default="auto", choices=["auto", "yes", "no"],
+                        help="hc with the concentration sample score: whether the GW class test alone calls a "
+                             "class (yes: the paper's way) or only where an effect-size test (concentration, peak, "
+                             "roughness) fires too (no). Default auto: yes on small-inception, no on every other "
+                             "network (the GW-only calls measured on residual networks were clean classes)")
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="read a GTSRB / ImageFolder tree into a compact .npz")

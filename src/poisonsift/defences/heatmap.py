@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,30 +36,40 @@ SAMPLE_SCORES = ("concentration", "gw")
 #: every scale from a 2 x 2 patch to a quarter of a 32 x 32 image's side, so that no trigger size is
 #: presumed; the test reads the scale at which the class's two modes lie furthest apart.
 PEAK_WINDOWS = (2, 3, 4, 6, 8)
-#: ``HCConfig.peak_ratio`` where the network is not the paper's (:func:`peak_ratio_for`)
+#: ``HCConfig.peak_ratio`` where the network is not the paper's (:func:`hc_defaults_for`)
 PEAK_RATIO = 2.0
+#: HC's fields whose ``"auto"`` follows the network (:func:`hc_defaults_for`)
+ARCH_FIELDS = ("peak_ratio", "gw_alone")
 
 
-def peak_ratio_for(arch: str) -> float | None:
-    """The local-peak class test's ratio for a network when none is named (``auto``), by its
-    architecture name (as :func:`~poisonsift.explain.lrp_rule_for`): off on the paper's
-    SmallInception, whose poisoned heatmaps concentrate as a whole (the concentration flags found
-    all 458 poisoned images of the demo, the peak flags 457: measured), so the paper's tables keep
-    their numbers; :data:`PEAK_RATIO` on every other network, where the relevance of a residual
-    network stays on the sign beside the trigger (PreAct-ResNet-18 on real GTSRB: the concentration
-    flags found 52 % of the poison, the peak flags 98 %; docs/networks.md)."""
-    return None if arch == "small-inception" else PEAK_RATIO
+def hc_defaults_for(arch: str) -> dict[str, Any]:
+    """HC's settings that follow the network (their value ``auto``), by its architecture name (as
+    :func:`~poisonsift.explain.lrp_rule_for`). On the paper's SmallInception the paper's setting, so
+    its tables keep their numbers: no local-peak test (its poison concentrates the whole map: the
+    concentration flags found all 458 poisoned images of the demo, the peak flags 457) and the GW
+    class test calls a class alone. On every other network the peak test at :data:`PEAK_RATIO` (a
+    residual network's relevance stays on the sign beside the trigger: PreAct-ResNet-18 on real GTSRB,
+    the concentration flags found 52 % of the poison, the peak flags 98 %) and a GW split calls a class
+    only where an effect-size test backs it (the three GW-only calls measured on residual networks were
+    clean classes: PreAct-ResNet-18's 14, ResNet-20's 29, torchvision ResNet-18's 27; docs/networks.md)."""
+    if arch == "small-inception":
+        return {"peak_ratio": None, "gw_alone": True}
+    return {"peak_ratio": PEAK_RATIO, "gw_alone": False}
 
 
-def resolve_peak_ratio(ratio: float | str | None, model) -> float | None:
-    """``ratio``, or for ``"auto"`` :func:`peak_ratio_for` the model's architecture (a model built
-    without :func:`~poisonsift.models.build_model` counts by its class: SmallInception or other)."""
-    if ratio != "auto":
-        return ratio
+def model_arch(model) -> str:
+    """A model's architecture name (:func:`~poisonsift.models.build_model`'s ``model.arch``); a model
+    built otherwise counts by its class: ``small-inception`` or ``other``."""
     from poisonsift.models import SmallInception
 
-    arch = getattr(model, "arch", None) or ("small-inception" if isinstance(model, SmallInception) else "other")
-    return peak_ratio_for(arch)
+    return getattr(model, "arch", None) or ("small-inception" if isinstance(model, SmallInception) else "other")
+
+
+def resolve_arch_fields(config, arch: str):
+    """``config`` (an :class:`HCConfig` or a ``DetectSpec``) with its ``auto`` fields of
+    :data:`ARCH_FIELDS` set by :func:`hc_defaults_for` ``arch``; what it names stays."""
+    auto = {k: v for k, v in hc_defaults_for(arch).items() if getattr(config, k) == "auto"}
+    return dataclasses.replace(config, **auto) if auto else config
 
 
 def default_sample_score(rule: str) -> str:
@@ -138,11 +149,15 @@ class HCConfig:
     #: ``peak_ratio`` times the share of positive relevance in their best window that the rest hold
     #: (:func:`~poisonsift.explain.relevance_peak`); its images are then flagged on that window's
     #: share. None: no peak test (before it existed); ``auto`` (default): by the network
-    #: (:func:`peak_ratio_for`: off on SmallInception, 2 on the others), resolved where the model is
-    #: known (:meth:`HeatmapClustering.detect`, a scan, ``DetectSpec.for_model``);
-    #: :meth:`HeatmapClustering.cluster` on heatmaps alone, with no network known, keeps the paper's
-    #: setting (no peak test) unless a ratio is named.
+    #: (:func:`hc_defaults_for`: off on SmallInception, 2 on the others).
     peak_ratio: float | str | None = "auto"
+    #: whether the GW class test alone calls a class (the paper's way), or only where one of the
+    #: effect-size tests above (concentration, peak, roughness) fires too; ``auto`` (default): by the
+    #: network (:func:`hc_defaults_for`: alone on SmallInception, backed on the others). The ``auto``
+    #: fields are resolved where the model is known (:meth:`HeatmapClustering.detect`, a scan,
+    #: ``DetectSpec.for_model``); :meth:`HeatmapClustering.cluster` on heatmaps alone, with no network
+    #: known, takes the paper's setting unless they are named.
+    gw_alone: bool | str = "auto"
 
     def __post_init__(self) -> None:
         from poisonsift.explain import check_lrp_rule, lrp_dtype
@@ -166,6 +181,8 @@ class HCConfig:
                 isinstance(self.peak_ratio, str) or not self.peak_ratio > 1):  # fmt: skip
             raise ConfigError(f"peak_ratio must be > 1, 'auto' (by the network) or None (no local-peak class test), "
                               f"got {self.peak_ratio!r}")  # fmt: skip
+        if self.gw_alone not in (True, False, "auto"):
+            raise ConfigError(f"gw_alone must be True, False or 'auto' (by the network), got {self.gw_alone!r}")
 
 
 class HeatmapClustering(_Base):
@@ -182,8 +199,7 @@ class HeatmapClustering(_Base):
         _check_inputs(images, labels)
         _check_model_outputs(model, labels, normalizer, images.shape[1:3])
         cfg = self.config
-        if cfg.peak_ratio == "auto":  # the network is known here
-            cfg = dataclasses.replace(cfg, peak_ratio=resolve_peak_ratio(cfg.peak_ratio, model))
+        cfg = resolve_arch_fields(cfg, model_arch(model))  # the network is known here
         idx = np.arange(len(images))
         if cfg.subset is not None and cfg.subset < len(images):
             idx = np.sort(np.random.default_rng(cfg.gw.seed).choice(len(images), cfg.subset, replace=False))
@@ -212,8 +228,9 @@ class HeatmapClustering(_Base):
                                sub.suspicious, sub.analysis, seconds, embedding)  # fmt: skip
 
     def cluster(self, heatmaps: np.ndarray, seconds: dict[str, float] | None = None) -> DetectionResult:
-        """The clustering half of HC on given (N, H, W) heatmaps: clouds -> GW k-means -> decision."""
-        cfg = self.config
+        """The clustering half of HC on given (N, H, W) heatmaps: clouds -> GW k-means -> decision.
+        Settings left ``auto`` take the paper's network's (no network is known here)."""
+        cfg = resolve_arch_fields(self.config, "small-inception")
         seconds = dict(seconds or {})
         t = time.perf_counter()
         pooled = pool_heatmaps(heatmaps, cfg.grid)
@@ -232,10 +249,16 @@ class HeatmapClustering(_Base):
             mt["concentrated"] = mt["minority_centre"] == focus
         if cfg.sample_score == "concentration":
             _flag_by_concentration(sub, relevance_concentration(pooled), cfg, focus)
-            if cfg.peak_ratio not in (None, "auto"):  # auto with no network known: the paper's setting
+            if cfg.peak_ratio is not None:
                 _flag_by_peak(sub, pooled, cfg.peak_ratio, cfg)
             if cfg.rough_ratio is not None:
                 _flag_by_roughness(sub, relevance_roughness(pooled), cfg)
+            if not cfg.gw_alone and sub.suspicious and sub.analysis.get("class_test") == "gw":
+                # no effect-size test behind the GW split: on this network not a call
+                sub.analysis.update(class_test=None, gw_unbacked=True)
+                sub.suspicious = False
+                sub.is_poisoned = np.zeros(len(heatmaps), dtype=bool)
+                sub.poisoned_clusters = []
         view = _view2d(km.distances)
         if cfg.view_samples > 0 and len(clouds) + cfg.gw.k >= 3:
             t = time.perf_counter()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from poisonsift.defences.activation import ACConfig, ActivationClustering
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
-from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, peak_ratio_for, resolve_peak_ratio
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, model_arch, resolve_arch_fields
 from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 from poisonsift.errors import ConfigError
@@ -39,8 +39,8 @@ class DetectSpec:
     are set from this spec). ``ac_reduce`` is AC's reduction (``pca-whiten``, or the paper's ``pca``;
     :data:`~poisonsift.defences.activation.AC_REDUCTIONS`), also the AC of ``ac-hc``. ``lrp_rule``, ``lrp_precision``, ``view_samples``, ``grid``,
     ``one_sided``, ``sample_score`` (None: ``concentration`` under the mixture rules, ``gw``
-    under the others; see :mod:`poisonsift.defences.heatmap`), ``focus_ratio``, ``rough_ratio`` and
-    ``peak_ratio`` (the second to fourth class tests, :class:`~poisonsift.defences.heatmap.HCConfig`) are HC's.
+    under the others; see :mod:`poisonsift.defences.heatmap`), ``focus_ratio``, ``rough_ratio``,
+    ``peak_ratio`` (the second to fourth class tests) and ``gw_alone`` (:class:`~poisonsift.defences.heatmap.HCConfig`) are HC's.
     """
 
     method: str
@@ -61,6 +61,7 @@ class DetectSpec:
     focus_ratio: float | None = 2.0
     rough_ratio: float | None = 2.0
     peak_ratio: float | str | None = "auto"
+    gw_alone: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in (*METHODS, AUTO):
@@ -84,7 +85,7 @@ class DetectSpec:
                         lrp_precision=self.lrp_precision, lrp_rule=self.lrp_rule, grid=self.grid,
                         one_sided=self.one_sided, sample_score=self.sample_score,
                         focus_ratio=self.focus_ratio, rough_ratio=self.rough_ratio,
-                        peak_ratio=self.peak_ratio)  # fmt: skip
+                        peak_ratio=self.peak_ratio, gw_alone=self.gw_alone)  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,20 +98,18 @@ class DetectSpec:
         return [dataclasses.replace(self, method="hc"), dataclasses.replace(self, method="ac")]
 
     def for_arch(self, arch: str) -> "DetectSpec":
-        """This spec with ``lrp_rule="auto"`` and ``peak_ratio="auto"`` replaced by the rule and the
-        local-peak test for networks of ``arch`` (:func:`poisonsift.explain.lrp_rule_for`,
-        :func:`~poisonsift.defences.heatmap.peak_ratio_for`); what the spec names stays."""
+        """This spec with ``lrp_rule`` and HC's network-dependent fields (``peak_ratio``,
+        ``gw_alone``) that are ``auto`` set for networks of ``arch``
+        (:func:`poisonsift.explain.lrp_rule_for`, :func:`~poisonsift.defences.heatmap.hc_defaults_for`);
+        what the spec names stays."""
         from poisonsift.explain import lrp_rule_for
 
         spec = dataclasses.replace(self, lrp_rule=lrp_rule_for(arch)) if self.lrp_rule == "auto" else self
-        return dataclasses.replace(spec, peak_ratio=peak_ratio_for(arch)) if spec.peak_ratio == "auto" else spec
+        return resolve_arch_fields(spec, arch)
 
     def for_model(self, model) -> "DetectSpec":
-        """:meth:`for_arch` of a loaded model (:func:`poisonsift.explain.resolve_lrp_rule`)."""
-        from poisonsift.explain import resolve_lrp_rule
-
-        return dataclasses.replace(self, lrp_rule=resolve_lrp_rule(self.lrp_rule, model),
-                                   peak_ratio=resolve_peak_ratio(self.peak_ratio, model))  # fmt: skip
+        """:meth:`for_arch` of a loaded model (:func:`~poisonsift.defences.heatmap.model_arch`)."""
+        return self.for_arch(model_arch(model))
 
     def key(self) -> str:
         """Cache key of the detection: every field that changes its result, and nothing else
@@ -124,15 +123,15 @@ class DetectSpec:
             fields["lrp"] = LRP_CONFIGS.get(self.lrp_rule) or " | ".join(LRP_CONFIGS[r] for r in sorted(LRP_CONFIGS))
         else:
             for k in ("view_samples", "lrp_precision", "lrp_rule", "grid", "one_sided", "sample_score", "focus_ratio",
-                      "rough_ratio", "peak_ratio"):
+                      "rough_ratio", "peak_ratio", "gw_alone"):
                 del fields[k]
         if self.method not in ("ac", "ac-hc", AUTO):
             del fields["ac_reduce"]
         if fields.get("sample_score") != "concentration":  # the second to fourth class tests need it
-            for k in ("focus_ratio", "rough_ratio", "peak_ratio"):
+            for k in ("focus_ratio", "rough_ratio", "peak_ratio", "gw_alone"):
                 fields.pop(k, None)
-        for k in ("rough_ratio", "peak_ratio"):  # keys as before these tests existed
-            if k in fields and fields[k] is None:
+        for k, before in (("rough_ratio", None), ("peak_ratio", None), ("gw_alone", True)):  # keys as before these existed
+            if k in fields and fields[k] is before:
                 del fields[k]
         for k, default in (("lrp_precision", "float32"), ("grid", 32), ("sample_score", "gw"),
                            ("ac_reduce", "pca")):  # keys as before the field existed  # fmt: skip
