@@ -250,7 +250,7 @@ class HeatmapClustering(_Base):
         if cfg.sample_score == "concentration":
             _flag_by_concentration(sub, relevance_concentration(pooled), cfg, focus)
             if cfg.peak_ratio is not None:
-                _flag_by_peak(sub, pooled, cfg.peak_ratio, cfg)
+                _flag_by_peak(sub, pooled, cfg)
             if cfg.rough_ratio is not None:
                 _flag_by_roughness(sub, relevance_roughness(pooled), cfg)
             if not cfg.gw_alone and sub.suspicious and sub.analysis.get("class_test") == "gw":
@@ -306,8 +306,8 @@ def _flag_by_concentration(sub: DetectionResult, conc: np.ndarray, cfg: HCConfig
         sub.analysis["concentration"]["reason"] = "one mode of concentration: the GW flags stand"
 
 
-def _flag_by_peak(sub: DetectionResult, heatmaps: np.ndarray, ratio: float, cfg: HCConfig) -> None:
-    """The local-peak class test (``ratio``: ``HCConfig.peak_ratio`` resolved): at each window side of
+def _flag_by_peak(sub: DetectionResult, heatmaps: np.ndarray, cfg: HCConfig) -> None:
+    """The local-peak class test (``HCConfig.peak_ratio``, resolved): at each window side of
     :data:`PEAK_WINDOWS`, the one-sided mixture test on :func:`~poisonsift.explain.relevance_peak`.
     It fires where a minority mode holds at least ``peak_ratio`` times the rest's share (the modes'
     gap, in nats); of the windows where it fires, the one whose modes lie furthest apart (Ashman's
@@ -323,7 +323,7 @@ def _flag_by_peak(sub: DetectionResult, heatmaps: np.ndarray, ratio: float, cfg:
         share = relevance_peak(heatmaps, w)
         flagged, _, pm = mixture_flags(share, rule, 1)
         gain = mode_gap(pm) if flagged.any() else float("-inf")
-        tried.append(({**pm, "window": w, "peak_gain": gain, "class_test": bool(gain >= np.log(ratio))},
+        tried.append(({**pm, "window": w, "peak_gain": gain, "class_test": bool(gain >= np.log(cfg.peak_ratio))},
                       flagged, share))  # fmt: skip
     if not tried:  # heatmaps too small for any window
         return
