@@ -275,6 +275,9 @@ def test_detect_after_a_scan_reads_its_heatmaps(attacked_run, tmp_path):
     scan_run(attacked_run, "hc")  # leaves the heatmaps of every training image in run/cache
     reused = detect_run(attacked_run, spec, out=tmp_path / "det.json")
     assert reused["heatmaps"] == "scan" and "heatmaps" not in own
+    # the spec resolved for the run's SmallInception (the paper's settings), and the test that called the class
+    assert own["config"]["peak_ratio"] is None and own["config"]["gw_alone"] is True
+    assert own["class_test"] == (reused["class_test"]) and (own["class_test"] is None) is (not own["suspicious"])
     with np.load(fresh / "detection-hc.npz") as a, np.load(tmp_path / "det.npz") as b:
         assert np.array_equal(a["rows"], b["rows"]) and np.array_equal(a["is_poisoned"], b["is_poisoned"])
         assert np.allclose(a["scores"], b["scores"], rtol=1e-4, atol=1e-6)

@@ -287,6 +287,8 @@ def detect_run(
         summary["warm_start"] = spec.warm_start
         summary["lrp_precision"] = spec.lrp_precision
         summary["lrp_rule"] = spec.lrp_rule
+        # which class test called the class: gw, concentration, peak, roughness (None: not suspicious)
+        summary["class_test"] = res.analysis.get("class_test") if res.suspicious else None
         if "view" in res.analysis:
             summary["view"] = res.analysis["view"]
     if subset is not None:
