@@ -378,8 +378,8 @@ def test_network_dependent_hc_settings_follow_the_network():
     from torch import nn
 
     from poisonsift.defences import DetectSpec
-    from poisonsift.defences.heatmap import PEAK_RATIO, model_arch
-    from poisonsift.models import SmallInception
+    from poisonsift.defences.heatmap import PEAK_RATIO
+    from poisonsift.models import SmallInception, model_arch
 
     spec = DetectSpec("hc")
     assert spec.peak_ratio == "auto" and spec.gw_alone == "auto"

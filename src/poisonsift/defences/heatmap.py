@@ -25,6 +25,7 @@ from poisonsift.errors import ConfigError, DataError
 from poisonsift.explain import (cached_lrp_heatmaps, point_clouds, pool_heatmaps, relevance_concentration,
                                relevance_peak, relevance_roughness)  # fmt: skip
 from poisonsift.gw import GWKMeansConfig, gw_kmeans, gw_mds
+from poisonsift.models import model_arch
 
 #: HC's decision rule by default (chosen by measurement; the README's ablation table)
 HC_DEFAULT_RULE = "mixture-tail"
@@ -38,10 +39,6 @@ SAMPLE_SCORES = ("concentration", "gw")
 PEAK_WINDOWS = (2, 3, 4, 6, 8)
 #: ``HCConfig.peak_ratio`` where the network is not the paper's (:func:`hc_defaults_for`)
 PEAK_RATIO = 2.0
-#: HC's fields whose ``"auto"`` follows the network (:func:`hc_defaults_for`)
-ARCH_FIELDS = ("peak_ratio", "gw_alone")
-
-
 def hc_defaults_for(arch: str) -> dict[str, Any]:
     """HC's settings that follow the network (their value ``auto``), by its architecture name (as
     :func:`~poisonsift.explain.lrp_rule_for`). On the paper's SmallInception the paper's setting, so
@@ -57,17 +54,9 @@ def hc_defaults_for(arch: str) -> dict[str, Any]:
     return {"peak_ratio": PEAK_RATIO, "gw_alone": False}
 
 
-def model_arch(model) -> str:
-    """A model's architecture name (:func:`~poisonsift.models.build_model`'s ``model.arch``); a model
-    built otherwise counts by its class: ``small-inception`` or ``other``."""
-    from poisonsift.models import SmallInception
-
-    return getattr(model, "arch", None) or ("small-inception" if isinstance(model, SmallInception) else "other")
-
-
 def resolve_arch_fields(config, arch: str):
-    """``config`` (an :class:`HCConfig` or a ``DetectSpec``) with its ``auto`` fields of
-    :data:`ARCH_FIELDS` set by :func:`hc_defaults_for` ``arch``; what it names stays."""
+    """``config`` (an :class:`HCConfig` or a ``DetectSpec``) with those of its fields that are
+    ``auto`` set by :func:`hc_defaults_for` ``arch``; what it names stays."""
     auto = {k: v for k, v in hc_defaults_for(arch).items() if getattr(config, k) == "auto"}
     return dataclasses.replace(config, **auto) if auto else config
 
@@ -177,8 +166,7 @@ class HCConfig:
             raise ConfigError(f"focus_ratio must be > 1 (or None: no concentration class test), got {self.focus_ratio}")
         if self.rough_ratio is not None and self.rough_ratio <= 1:
             raise ConfigError(f"rough_ratio must be > 1 (or None: no roughness class test), got {self.rough_ratio}")
-        if self.peak_ratio != "auto" and self.peak_ratio is not None and (
-                isinstance(self.peak_ratio, str) or not self.peak_ratio > 1):  # fmt: skip
+        if self.peak_ratio not in ("auto", None) and (isinstance(self.peak_ratio, str) or self.peak_ratio <= 1):
             raise ConfigError(f"peak_ratio must be > 1, 'auto' (by the network) or None (no local-peak class test), "
                               f"got {self.peak_ratio!r}")  # fmt: skip
         if self.gw_alone not in (True, False, "auto"):
@@ -198,8 +186,7 @@ class HeatmapClustering(_Base):
         """
         _check_inputs(images, labels)
         _check_model_outputs(model, labels, normalizer, images.shape[1:3])
-        cfg = self.config
-        cfg = resolve_arch_fields(cfg, model_arch(model))  # the network is known here
+        cfg = resolve_arch_fields(self.config, model_arch(model))  # the network is known here
         idx = np.arange(len(images))
         if cfg.subset is not None and cfg.subset < len(images):
             idx = np.sort(np.random.default_rng(cfg.gw.seed).choice(len(images), cfg.subset, replace=False))

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from poisonsift.defences.activation import ACConfig, ActivationClustering
 from poisonsift.defences.decision import ClusterRule
 from poisonsift.defences.gate import GateConfig, GatedHeatmapClustering
-from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, model_arch, resolve_arch_fields
+from poisonsift.defences.heatmap import HC_DEFAULT_RULE, HCConfig, HeatmapClustering, resolve_arch_fields
 from poisonsift.defences.raw import RawClustering, RawConfig
 from poisonsift.defences.spectral import SpectralConfig, SpectralSignatures
 from poisonsift.errors import ConfigError
 from poisonsift.gw import GWKMeansConfig
+from poisonsift.models import model_arch
 from poisonsift.utils import config_hash
 
 __all__ = ["AUTO", "DetectSpec", "METHODS", "build_defence", "default_rule"]
@@ -108,7 +109,7 @@ class DetectSpec:
         return resolve_arch_fields(spec, arch)
 
     def for_model(self, model) -> "DetectSpec":
-        """:meth:`for_arch` of a loaded model (:func:`~poisonsift.defences.heatmap.model_arch`)."""
+        """:meth:`for_arch` of a loaded model (:func:`poisonsift.models.model_arch`)."""
         return self.for_arch(model_arch(model))
 
     def key(self) -> str:

@@ -72,14 +72,13 @@ def lrp_rule_for(arch: str) -> str:
 
 
 def resolve_lrp_rule(rule: str, model: nn.Module) -> str:
-    """``rule``, or for ``"auto"`` :func:`lrp_rule_for` the model's architecture (a model built
-    without :func:`~poisonsift.models.build_model` counts by its class: SmallInception or other)."""
+    """``rule``, or for ``"auto"`` :func:`lrp_rule_for` the model's architecture
+    (:func:`poisonsift.models.model_arch`)."""
     if check_lrp_rule(rule, allow_auto=True) != "auto":
         return rule
-    from poisonsift.models import SmallInception
+    from poisonsift.models import model_arch
 
-    arch = getattr(model, "arch", None) or ("small-inception" if isinstance(model, SmallInception) else "other")
-    return lrp_rule_for(arch)
+    return lrp_rule_for(model_arch(model))
 
 
 @contextmanager

@@ -37,6 +37,7 @@ __all__ = [
     "check_arch",
     "count_parameters",
     "default_hidden_layer",
+    "model_arch",
 ]
 
 DEFAULT_ARCH = "small-inception"
@@ -52,6 +53,12 @@ def check_arch(name: str) -> str:
     if name in ARCHS or (name.startswith(_TV) and len(name) > len(_TV)):
         return name
     raise ConfigError(f"unknown architecture {name!r}; use {', '.join(ARCHS)} or torchvision:<name> (e.g. torchvision:resnet18)")
+
+
+def model_arch(model: nn.Module) -> str:
+    """A model's architecture name (:func:`build_model` records it as ``model.arch``); a model built
+    otherwise counts by its class: ``small-inception`` or ``other``."""
+    return getattr(model, "arch", None) or (DEFAULT_ARCH if isinstance(model, SmallInception) else "other")
 
 
 def build_model(name: str = DEFAULT_ARCH, num_classes: int = 43) -> nn.Module:
