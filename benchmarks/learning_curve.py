@@ -1,13 +1,13 @@
 """How fast does a model learn a run's backdoor? ASR (and MASR) after every epoch of a training.
 
     python benchmarks/learning_curve.py --run RUN [--epochs 4] [--lr 2e-3] [--schedule onecycle]
-        [--augment '{"rotation": 5}' | --augment none] [--out curve.jsonl]
+        [--augment '{"rotation": 5}' | --augment none] [--out curve.jsonl] [--save]
 
 RUN is a poisoned run directory (``poisonsift poison --out RUN``). The model is trained with the
 ``cpu`` preset and the given changes (``--augment``: a JSON object of
 :class:`poisonsift.augment.AugmentConfig` fields, or ``none`` for no augmentation); after each epoch
 the triggered test images (full amplitude, as ``poisonsift evaluate``) and a quarter of the clean
-test set are classified in bfloat16 autocast, and one JSON line per epoch is printed (and appended
+test set are classified (in bfloat16 autocast where training uses it), and one JSON line per epoch is printed (and appended
 to ``--out``). Not a test and not a cached run: it measures what a schedule or an augmentation
 does to the learning of a trigger, e.g. the amplitude trigger of Table 4.
 """
@@ -25,8 +25,8 @@ import torch
 from poisonsift.attacks import LabelConsistent, attack_from_config
 from poisonsift.metrics import attack_success_rate, clean_accuracy, mean_asr, per_class_asr
 from poisonsift.models import build_model
-from poisonsift.runs import load_poisoned, read_json
-from poisonsift.training import Normalizer, get_preset, predict, split_by_group, train
+from poisonsift.runs import load_poisoned, read_json, train_run
+from poisonsift.training import Normalizer, get_preset, predict, split_by_group, train, uses_bf16
 from poisonsift.utils import tune_allocator
 
 
@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--augment", default=None, help="JSON object of AugmentConfig fields, or 'none'")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--save", action="store_true",
+                    help="keep the trained model as RUN/model.pt and train.json (as 'poisonsift train'), "
+                         "so that 'evaluate', 'scan' and 'clean' can go on from it")
     a = ap.parse_args()
     tune_allocator()
     pd = load_poisoned(a.run / "poisoned.npz")
@@ -57,7 +60,8 @@ def main() -> None:
 
     def on_epoch(rec: dict) -> None:
         model.eval()  # train() puts it back in training mode at the next epoch
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # as train() does: bfloat16 only where it pays (AVX2 hosts classify in float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16("cpu", cfg.bf16)):
             pred = predict(model, x_trig, norm)
             acc = clean_accuracy(predict(model, pd.x_test[quarter], norm), pd.y_test[quarter])
         out = {**rec, "asr": attack_success_rate(pred, attack.target_class), "clean_accuracy_quarter": acc,
@@ -70,7 +74,10 @@ def main() -> None:
             with open(a.out, "a") as f:
                 f.write(line + "\n")
 
-    train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, model=model, on_epoch=on_epoch)
+    if a.save:
+        train_run(a.run, cfg, on_epoch=on_epoch, model=model)
+    else:
+        train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, model=model, on_epoch=on_epoch)
 
 
 if __name__ == "__main__":

@@ -137,11 +137,15 @@ def poison_run(data: ImageData, attack: Attack, out: str | os.PathLike, seed: in
     return summary
 
 
-def train_run(run: str | os.PathLike, cfg: TrainConfig, device=None, on_epoch=None) -> dict[str, Any]:
-    """Train on ``run/poisoned.npz``; writes ``model.pt`` and ``train.json``. Returns the train summary."""
+def train_run(run: str | os.PathLike, cfg: TrainConfig, device=None, on_epoch=None, model=None) -> dict[str, Any]:
+    """Train on ``run/poisoned.npz``; writes ``model.pt`` and ``train.json``. Returns the train summary.
+
+    ``on_epoch`` and ``model`` go to :func:`~poisonsift.training.train` (a callback per epoch, and a
+    freshly built network of ``cfg.arch`` that the callback can evaluate)."""
     run = Path(run)
     pd = load_poisoned(run / "poisoned.npz")
-    res = train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, device=device, on_epoch=on_epoch)
+    res = train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, model=model, device=device,
+                on_epoch=on_epoch)  # fmt: skip
     save_checkpoint(run / "model.pt", res.model, res.normalizer)
     last = res.history[-1]
     summary = {
