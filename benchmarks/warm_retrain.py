@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -57,8 +58,7 @@ def main() -> None:
     print(json.dumps({"model": "poisoned", **score(model0, norm)}), flush=True)
     for steps in a.steps:
         for name, pd in (("cleaned", cleaned), ("control: uncleaned", poisoned)):
-            cfg = TrainConfig(**{**base.to_dict(), "arch": base.arch, "lr": a.lr, "schedule": "onecycle",
-                                 "max_steps": steps, "epochs": max(base.epochs, 1), "patience": 10**6})  # fmt: skip
+            cfg = dataclasses.replace(base, lr=a.lr, schedule="onecycle", max_steps=steps, patience=10**6)
             model = copy.deepcopy(model0)
             t0 = time.perf_counter()
             res = train(pd.x_train, pd.y_train, len(pd.classes), cfg, groups=pd.group_train, model=model)
